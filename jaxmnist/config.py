@@ -1,0 +1,79 @@
+"""One frozen dataclass holds everything that defines a training run.
+
+Recipes (`jaxmnist.recipes`) are named instances of it; the CLI builds one flag per field and
+applies overrides with `dataclasses.replace`, so every field of every recipe is a flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+
+from jaxmnist.errors import ConfigError
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+def _help(text: str, default=dataclasses.MISSING):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A training run: model, data, optimiser and schedule."""
+
+    arch: str = _help("model architecture (a key of jaxmnist.models.MODELS)", "gap")
+    dataset: str = _help("mnist or fashion_mnist", "mnist")
+    data_dir: str | None = _help("folder with the four IDX files (default: $JAXMNIST_DATA_DIR, then tfds)", None)
+    verify_checksums: bool = _help("refuse data whose content is not the published dataset", True)
+    seed: int = _help("seeds initialisation, dropout, the train/val split and the shuffle", 0)
+    epochs: int = _help("passes over the training split", 1)
+    batch_size: int = _help("images per step; the last step of an epoch takes the remainder", 64)
+    val_size: int = _help("training images held out for validation (0: none)", 0)
+    mean: float = _help("normalisation mean of pixels scaled to [0, 1]", 0.1307)
+    std: float = _help("normalisation standard deviation of pixels scaled to [0, 1]", 0.3081)
+    dropout: float = _help("dropout rate of the model's dropout layer", 0.0)
+    optimizer: str = _help("adam or sgd", "adam")
+    lr: float = _help("peak learning rate", 1e-3)
+    schedule: str = _help("constant, or cosine decay from lr to final_lr over the run", "constant")
+    final_lr: float = _help("learning rate at the end of a cosine schedule", 0.0)
+    momentum: float = _help("SGD momentum", 0.9)
+    weight_decay: float = _help("L2 term added to the gradient, as PyTorch's optimisers do (not AdamW)", 0.0)
+    clip_norm: float | None = _help("clip gradients to this global norm before the optimiser (none: off)", None)
+
+    def validate(self) -> Config:
+        """Checks what can be checked without the data; raises ConfigError naming the fix."""
+        from jaxmnist.data import DATASETS
+        from jaxmnist.models import MODELS
+
+        checks = [
+            (self.arch in MODELS, f"unknown architecture {self.arch!r}: choose one of {', '.join(MODELS)}"),
+            (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
+            (self.epochs >= 1, f"epochs is {self.epochs}: train for at least 1 epoch"),
+            (self.batch_size >= 1, f"batch size is {self.batch_size}: use a batch size of at least 1"),
+            (self.val_size >= 0, f"val_size is {self.val_size}: hold out 0 or more images"),
+            (self.lr > 0, f"learning rate is {self.lr}: it must be positive"),
+            (0 <= self.final_lr <= self.lr, f"final_lr is {self.final_lr}: it must lie in [0, lr={self.lr}]"),
+            (0 <= self.dropout < 1, f"dropout is {self.dropout}: a rate must lie in [0, 1)"),
+            (0 <= self.momentum < 1, f"momentum is {self.momentum}: it must lie in [0, 1)"),
+            (self.weight_decay >= 0, f"weight decay is {self.weight_decay}: it must be 0 or positive"),
+            (self.clip_norm is None or self.clip_norm > 0,
+             f"clip_norm is {self.clip_norm}: use a positive norm, or none to turn clipping off"),
+            (self.std > 0, f"std is {self.std}: the normalisation's standard deviation must be positive"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"Invalid configuration: {problem}.")
+        return self
+
+    def validate_sizes(self, n_train: int) -> None:
+        """Checks the split and batch sizes against a training set of `n_train` images."""
+        if self.val_size >= n_train:
+            raise ConfigError(f"Invalid configuration: val_size is {self.val_size} but the training set holds "
+                              f"only {n_train} images: hold out fewer.")
+        if self.batch_size > n_train - self.val_size:
+            raise ConfigError(f"Invalid configuration: batch size {self.batch_size} is larger than the "
+                              f"{n_train - self.val_size} training images: use a batch size of at most that.")

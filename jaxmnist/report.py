@@ -1,0 +1,83 @@
+"""The end-of-run summary: a dict that scripts read as JSON, and the text people read."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+
+import jax
+
+from jaxmnist.train import Result
+
+
+def device_description() -> str:
+    """The accelerator (or CPU model) and how many devices JAX sees, e.g. "cpu: AMD EPYC ... x1"."""
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    if devices[0].platform == "cpu":
+        kind = _cpu_model() or kind
+    return f"{devices[0].platform}: {kind} x{len(devices)}"
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def versions() -> dict[str, str]:
+    names = ("jax", "jaxlib", "flax", "optax", "numpy")
+    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
+
+
+def summary(result: Result) -> dict:
+    """The run as one JSON-ready dict; accuracies are fractions in [0, 1]."""
+    config = result.config
+    return {
+        "arch": config.arch,
+        "dataset": config.dataset,
+        "params": result.params,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "test_accuracy": result.test_accuracy,
+        "val_accuracy": result.val_accuracy,
+        "train_seconds": result.train_seconds,
+        "compile_seconds": result.compile_seconds,
+        "eval_seconds": result.epochs[-1].eval_seconds,
+        "images_per_second": result.images_per_second,
+        "train_images": result.train_images,
+        "per_epoch": [dataclasses.asdict(e) for e in result.epochs],
+        "device": device_description(),
+        "jax_version": jax.__version__,
+        "versions": versions(),
+        "config": dataclasses.asdict(config),
+    }
+
+
+def format_summary(s: dict) -> str:
+    val = "n/a (the recipe has no validation split)" if s["val_accuracy"] is None else f"{s['val_accuracy']:.2%}"
+    rows = [
+        ("model", f"{s['arch']} ({s['params']:,} parameters)"),
+        ("data", f"{s['dataset']}, {s['train_images']:,} training images, seed {s['seed']}"),
+        ("test accuracy", f"{s['test_accuracy']:.2%}"),
+        ("val accuracy", val),
+        ("training", f"{s['train_seconds']:.2f} s for {s['epochs']} epoch(s), "
+                     f"{s['images_per_second']:,.0f} images/s (compilation excluded)"),
+        ("compilation", f"{s['compile_seconds']:.2f} s"),
+        ("evaluation", f"{s['eval_seconds']:.2f} s"),
+        ("device", s["device"]),
+        ("versions", ", ".join(f"{k} {v}" for k, v in s["versions"].items())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def write_json(s: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(s, indent=2) + "\n")

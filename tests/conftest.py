@@ -1,0 +1,23 @@
+"""Shared fixtures: real MNIST from ../shared/data (or $JAXMNIST_DATA_DIR), loaded once."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jaxmnist import data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    folder = Path(os.environ.get(data.DATA_DIR_ENV) or ROOT.parent / "shared" / "data" / "mnist")
+    if not folder.is_dir():
+        pytest.fail(f"Real MNIST is needed at {folder}: set {data.DATA_DIR_ENV} to a folder with its four IDX files.")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir) -> data.Dataset:
+    return data.load("mnist", mnist_dir)

@@ -1,0 +1,115 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxmnist.models import DOCUMENTED_PARAMS, MODELS, PARAM_BUDGET, count_params, max_pool_2x2
+
+
+def make(arch, seed=0):
+    return MODELS[arch](rngs=nnx.Rngs(seed))
+
+
+def abstract(arch):
+    """The model's shapes only, from `nnx.eval_shape`: counting needs no allocation."""
+    return nnx.eval_shape(lambda: make(arch))
+
+
+@pytest.mark.parametrize("arch, expected", [("fc", 24_714), ("gap", 24_048)])
+def test_exact_parameter_counts(arch, expected):
+    assert count_params(abstract(arch)) == expected == DOCUMENTED_PARAMS[arch]
+
+
+def test_every_registered_model_is_documented_and_under_budget():
+    assert set(MODELS) == set(DOCUMENTED_PARAMS)
+    for arch in MODELS:
+        assert count_params(abstract(arch)) < PARAM_BUDGET
+
+
+def test_batchnorm_running_statistics_are_not_counted():
+    model = make("gap")
+    stats = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+    assert stats == 2 * (16 + 32 + 64)
+    everything = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Variable)) if hasattr(x, "size"))
+    assert count_params(model) < everything
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_output_shape_and_dtype(arch):
+    model = make(arch)
+    model.eval()
+    logits = model(jnp.zeros((5, 28, 28, 1)))
+    chex.assert_shape(logits, (5, 10))
+    chex.assert_type(logits, jnp.float32)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_train_mode_is_stochastic_and_eval_mode_is_not(arch):
+    x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
+    model = make(arch)
+    model.train()
+    assert not np.allclose(model(x), model(x)), "dropout should draw a new mask on each call"
+    model.eval()
+    np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_batchnorm_uses_batch_statistics_in_train_mode_only():
+    x = jax.random.normal(jax.random.key(2), (8, 28, 28, 1))
+    model = make("gap", seed=3)
+    model.set_attributes(deterministic=True, use_running_average=False)  # BatchNorm in train mode, no dropout
+    alone, together = model(x[:1]), model(x)[:1]
+    assert not np.allclose(alone, together, atol=1e-4), "an example's output should depend on its batch"
+    model.eval()
+    np.testing.assert_allclose(model(x[:1]), model(x)[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_running_statistics_move_with_pytorch_momentum():
+    model = make("gap")
+    model.set_attributes(deterministic=True, use_running_average=False)
+    x = 3.0 + jax.random.normal(jax.random.key(4), (4, 28, 28, 1))
+    conv_out = model.conv1(x)
+    model(x)
+    # PyTorch momentum 0.1: running = 0.9 * running + 0.1 * batch statistic.
+    np.testing.assert_allclose(model.bn1.mean[...], 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 4), (1, 5, 6, 2)])
+def test_max_pool_2x2_matches_floor_mode_reduce_window(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    expected = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    chex.assert_trees_all_close(max_pool_2x2(x), expected)
+    grad_ours = jax.grad(lambda v: (max_pool_2x2(v) ** 2).sum())(x)
+    grad_ref = jax.grad(lambda v: (nnx.max_pool(v, (2, 2), strides=(2, 2)) ** 2).sum())(x)
+    chex.assert_trees_all_close(grad_ours, grad_ref)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_initialisation_follows_pytorch_defaults(arch):
+    """Weights and biases ~ U(±1/sqrt(fan_in)), BatchNorm scale 1 and offset 0."""
+    model = make(arch)
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, (nnx.Conv, nnx.Linear)):
+            kernel = module.kernel[...]
+            bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+            assert np.abs(kernel).max() <= bound
+            assert np.abs(kernel).max() > 0.9 * bound, f"{path}: not a uniform fill up to the bound"
+            if module.bias is not None:
+                assert np.abs(module.bias[...]).max() <= bound
+                assert np.any(module.bias[...] != 0)
+        if isinstance(module, nnx.BatchNorm):
+            np.testing.assert_array_equal(module.scale[...], 1)
+            np.testing.assert_array_equal(module.bias[...], 0)
+
+
+class ForwardJitTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_eager_agree(self):
+        for arch in MODELS:
+            model = make(arch)
+            model.eval()
+            graphdef, state = nnx.split(model)
+            forward = self.variant(lambda s, x: nnx.merge(graphdef, s)(x))
+            x = jax.random.normal(jax.random.key(5), (3, 28, 28, 1))
+            chex.assert_trees_all_close(forward(state, x), model(x), rtol=1e-5, atol=1e-5)
