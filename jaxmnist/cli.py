@@ -28,8 +28,15 @@ def _optional(parse):
 _TYPES = {"int": int, "float": float, "str": str, "float | None": _optional(float), "str | None": str}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the fix, not the whole usage block of ~20 flags."""
+
+    def error(self, message: str):
+        self.exit(2, f"jaxmnist: error: {message}. Run `{self.prog} --help` for every flag and its choices.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m jaxmnist.train",
         description="Train a tiny MNIST model for its recipe's epochs and report test accuracy. "
                     "--arch picks the model and its recipe; every other flag overrides one field of it. "

@@ -119,7 +119,10 @@ def test_unknown_architecture_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.parse(["--arch", "resnet50"])
     assert exit_.value.code == 2
-    assert "invalid choice: 'resnet50'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("jaxmnist: error: argument --arch: invalid choice: 'resnet50' (choose from")
+    assert "fc" in err and "gap" in err
+    assert err.strip().count("\n") == 0 and "--help" in err
     with pytest.raises(Exception, match="unknown architecture 'resnet50': choose one of fc, gap"):
         fit(Config(arch="resnet50"))
 
