@@ -1,55 +1,18 @@
 """The tiny-MNIST models, each an `nnx.Module` mirroring its PyTorch original layer for layer.
 
 Inputs are `x_BHWC` float32 (B, 28, 28, 1), already normalised; outputs are `logits_BK`.
-Layers are built by the helpers below so that they start from PyTorch's default initialisation
-(`kaiming_uniform_(a=sqrt(5))`, i.e. U(±1/sqrt(fan_in)) for weights and biases), because the seed
-recipes were tuned with it. Flattening is NHWC, PyTorch's is NCHW: the same function up to a fixed
+Layers come from `jaxmnist.layers`, which builds each as its PyTorch namesake does (PyTorch's
+default initialisation included: the seed recipes were tuned with it), in forms XLA:CPU runs fast.
+Flattening is NHWC, PyTorch's is NCHW: the same function up to a fixed
 permutation of the first Linear's rows, which an i.i.d. initialisation does not see.
 """
 
 from __future__ import annotations
 
-import math
-
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-# U(±1/sqrt(fan_in)): the bound of PyTorch's kaiming_uniform_(a=sqrt(5)) default for weights.
-_torch_kernel_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def _torch_bias_init(fan_in: int) -> nnx.Initializer:
-    bound = 1 / math.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def conv3x3(cin: int, cout: int, *, padding: int, bias: bool, rngs: nnx.Rngs) -> nnx.Conv:
-    """`nn.Conv2d(cin, cout, 3, padding=padding, bias=bias)` with PyTorch's initialisation."""
-    return nnx.Conv(cin, cout, (3, 3), padding=padding, use_bias=bias, kernel_init=_torch_kernel_init,
-                    bias_init=_torch_bias_init(cin * 9), rngs=rngs)
-
-
-def linear(din: int, dout: int, *, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
-    """`nn.Linear(din, dout, bias=bias)` with PyTorch's initialisation."""
-    return nnx.Linear(din, dout, use_bias=bias, kernel_init=_torch_kernel_init,
-                      bias_init=_torch_bias_init(din), rngs=rngs)
-
-
-def batch_norm(channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """`nn.BatchNorm2d(channels)`: PyTorch's momentum 0.1 is Flax's 0.9; epsilon 1e-5 in both."""
-    return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
-
-
-def max_pool_2x2(x_BHWC: jax.Array) -> jax.Array:
-    """`nn.MaxPool2d(2)`: floor mode (7 -> 3 drops the last row and column), as a reshape-and-max.
-
-    The same function as `nnx.max_pool(x, (2, 2), (2, 2))`, but XLA:CPU compiles its backward pass
-    to about half the time of the reduce-window form's.
-    """
-    b, h, w, c = x_BHWC.shape
-    x_BHWC = x_BHWC[:, : h // 2 * 2, : w // 2 * 2]
-    return x_BHWC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+from jaxmnist.layers import batch_norm, conv, linear, max_pool_2x2
 
 
 class FC(nnx.Module):
@@ -60,9 +23,9 @@ class FC(nnx.Module):
     """
 
     def __init__(self, *, dropout: float = 0.3, rngs: nnx.Rngs):
-        self.conv1 = conv3x3(1, 8, padding=1, bias=True, rngs=rngs)
-        self.conv2 = conv3x3(8, 16, padding=1, bias=True, rngs=rngs)
-        self.conv3 = conv3x3(16, 24, padding=1, bias=True, rngs=rngs)
+        self.conv1 = conv(1, 8, 3, padding=1, bias=True, rngs=rngs)
+        self.conv2 = conv(8, 16, 3, padding=1, bias=True, rngs=rngs)
+        self.conv3 = conv(16, 24, 3, padding=1, bias=True, rngs=rngs)
         self.fc1 = linear(3 * 3 * 24, 88, bias=True, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.fc2 = linear(88, 10, bias=True, rngs=rngs)
@@ -86,11 +49,11 @@ class GAP(nnx.Module):
     """
 
     def __init__(self, *, dropout: float = 0.1, rngs: nnx.Rngs):
-        self.conv1 = conv3x3(1, 16, padding=1, bias=False, rngs=rngs)
+        self.conv1 = conv(1, 16, 3, padding=1, bias=False, rngs=rngs)
         self.bn1 = batch_norm(16, rngs=rngs)
-        self.conv2 = conv3x3(16, 32, padding=1, bias=False, rngs=rngs)
+        self.conv2 = conv(16, 32, 3, padding=1, bias=False, rngs=rngs)
         self.bn2 = batch_norm(32, rngs=rngs)
-        self.conv3 = conv3x3(32, 64, padding=1, bias=False, rngs=rngs)
+        self.conv3 = conv(32, 64, 3, padding=1, bias=False, rngs=rngs)
         self.bn3 = batch_norm(64, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.fc = linear(64, 10, bias=False, rngs=rngs)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxmnist.models import DOCUMENTED_PARAMS, MODELS, PARAM_BUDGET, count_params, max_pool_2x2
+from jaxmnist.models import DOCUMENTED_PARAMS, MODELS, PARAM_BUDGET, count_params
 
 
 def make(arch, seed=0):
@@ -73,16 +73,6 @@ def test_batchnorm_running_statistics_move_with_pytorch_momentum():
     model(x)
     # PyTorch momentum 0.1: running = 0.9 * running + 0.1 * batch statistic.
     np.testing.assert_allclose(model.bn1.mean[...], 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 4), (1, 5, 6, 2)])
-def test_max_pool_2x2_matches_floor_mode_reduce_window(shape):
-    x = jax.random.normal(jax.random.key(0), shape)
-    expected = nnx.max_pool(x, (2, 2), strides=(2, 2))
-    chex.assert_trees_all_close(max_pool_2x2(x), expected)
-    grad_ours = jax.grad(lambda v: (max_pool_2x2(v) ** 2).sum())(x)
-    grad_ref = jax.grad(lambda v: (nnx.max_pool(v, (2, 2), strides=(2, 2)) ** 2).sum())(x)
-    chex.assert_trees_all_close(grad_ours, grad_ref)
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

@@ -1,0 +1,76 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from jaxmnist.layers import conv, conv2d, max_pool_2x2
+
+
+def reference_conv(x, w, padding):
+    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+CASES = [  # (input shape, kernel shape, padding)
+    ((4, 28, 28, 1), (3, 3, 1, 16), ((1, 1), (1, 1))),  # first layer: one input channel
+    ((4, 14, 14, 16), (3, 3, 16, 32), ((1, 1), (1, 1))),
+    ((3, 11, 11, 8), (3, 3, 8, 16), ((0, 0), (0, 0))),  # valid padding
+    ((2, 28, 28, 1), (3, 3, 1, 8), ((0, 0), (0, 0))),
+    ((2, 11, 11, 28), (1, 1, 28, 8), ((0, 0), (0, 0))),  # 1x1 transition
+    ((2, 9, 7, 3), (3, 3, 3, 5), ((2, 1), (0, 1))),  # uneven everything
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", CASES)
+def test_conv2d_values_and_gradients_match_lax(x_shape, w_shape, padding):
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    expected = reference_conv(x, w, padding)
+    chex.assert_trees_all_close(conv2d(x, w, padding), expected, rtol=1e-5, atol=1e-4)
+    cotangent = jax.random.normal(kg, expected.shape)
+
+    def pullback(f):
+        return jax.vjp(lambda x, w: f(x, w, padding), x, w)[1](cotangent)
+
+    ours, theirs = jax.jit(lambda: pullback(conv2d))(), pullback(reference_conv)
+    scale = [float(jnp.abs(t).max()) for t in theirs]
+    for a, b, s in zip(ours, theirs, scale):
+        chex.assert_trees_all_close(a / s, b / s, atol=2e-6)
+
+
+def test_conv2d_gradients_inside_a_scan_match_lax():
+    x = jax.random.normal(jax.random.key(1), (2, 14, 14, 4))
+    w = jax.random.normal(jax.random.key(2), (3, 3, 4, 4)) * 0.2
+    padding = ((1, 1), (1, 1))
+
+    def unrolled_loss(f):
+        def loss(w):
+            def body(h, _):
+                return jnp.tanh(f(h, w, padding)), None
+            return (lax.scan(body, x, length=3)[0] ** 2).sum()
+        return loss
+
+    chex.assert_trees_all_close(jax.jit(jax.grad(unrolled_loss(conv2d)))(w), jax.grad(unrolled_loss(reference_conv))(w),
+                                rtol=1e-4, atol=1e-4)
+
+
+def test_conv_module_is_pytorch_conv2d_shaped_and_routes_through_conv2d():
+    layer = conv(3, 5, 3, padding=1, bias=True, rngs=nnx.Rngs(0))
+    assert layer.kernel.shape == (3, 3, 3, 5) and layer.bias.shape == (5,)
+    x = jax.random.normal(jax.random.key(3), (2, 8, 8, 3))
+    expected = reference_conv(x, layer.kernel[...], ((1, 1), (1, 1))) + layer.bias[...]
+    chex.assert_trees_all_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(layer)(x))
+    assert "custom_vjp_call" in jaxpr
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 4), (1, 5, 6, 2)])
+def test_max_pool_2x2_matches_floor_mode_reduce_window(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    chex.assert_trees_all_close(max_pool_2x2(x), nnx.max_pool(x, (2, 2), strides=(2, 2)))
+    grad_ours = jax.grad(lambda v: (max_pool_2x2(v) ** 2).sum())(x)
+    grad_ref = jax.grad(lambda v: (nnx.max_pool(v, (2, 2), strides=(2, 2)) ** 2).sum())(x)
+    chex.assert_trees_all_close(grad_ours, grad_ref)
+    assert max_pool_2x2(x).shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
