@@ -29,7 +29,7 @@ from jaxmnist.models import MODELS, count_params
 from jaxmnist.optim import make_optimizer
 
 EVAL_BATCH = 2_000
-PROGRESS_EVERY = 50  # steps between progress-bar redraws, the only host syncs of an epoch
+PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
 
 
 def normalize(images_BHW: jax.Array, mean: float, std: float) -> jax.Array:
@@ -57,6 +57,23 @@ def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start,
     correct = (logits_BK.argmax(-1) == labels_B).sum()
     metrics_3 = metrics_3 + jnp.stack([loss * batch_size, correct, batch_size]).astype(jnp.float32)
     return nnx.state((model, optimizer)), metrics_3
+
+
+def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first, last, *,
+                batch_size: int, mean: float, std: float):
+    """Steps `first` to `last - 1` of an epoch (batch i is `order_N[i * batch_size:][:batch_size]`)
+    in one compiled loop.
+
+    One dispatch per chunk rather than per step: on two cores the Python thread that dispatches
+    steps competes with XLA's compute threads, and a loop inside the program ran 1.34x the steps/s
+    of a Python loop of jitted steps (benchmarks/scan_repro.py). That needs every convolution in
+    the canonical layout, which `jaxmnist.layers.conv2d` guarantees.
+    """
+    def body(i, carry):
+        return train_step(graphdef, *carry, images_NHW, labels_N, order_N, i * batch_size, batch_size=batch_size,
+                          mean=mean, std=std)
+
+    return jax.lax.fori_loop(first, last, body, (state, metrics_3))
 
 
 def eval_step(graphdef, state, images_EHW, labels_E, n_valid, *, mean: float, std: float) -> jax.Array:
@@ -152,8 +169,10 @@ class Trainer:
         norm = dict(mean=config.mean, std=config.std)
         order = self._shuffle(0)
         step_args = (self.state, jnp.zeros(3), self.train.images_NHW, self.train.labels_N, order, np.int32(0))
-        self._steps = [self._compile(train_step, train_graphdef, step_args, donate=(0, 1), batch_size=size, **norm)
-                       for size in sorted({b, tail} - {0}, reverse=True)]
+        self._chunk = self._compile(train_steps, train_graphdef, (*step_args, np.int32(1)), donate=(0, 1),
+                                    batch_size=b, **norm)
+        self._tail = tail and self._compile(train_step, train_graphdef, step_args, donate=(0, 1), batch_size=tail,
+                                            **norm)
         images = self.eval_splits[0].images_NHW[:eval_batch]
         labels = self.eval_splits[0].labels_N[:eval_batch]
         self._eval = self._compile(eval_step, eval_graphdef, (self.state, images, labels, np.int32(0)), **norm)
@@ -172,14 +191,17 @@ class Trainer:
         start = time.perf_counter()
         order = self._shuffle(epoch)
         metrics = jnp.zeros(3)
-        full, tail = self._steps[0], self._steps[-1]
-        b = self.config.batch_size
-        for i in range(self.steps_per_epoch):
-            step = full if i < self.full_steps else tail
-            self.state, metrics = step(self.state, metrics, self.train.images_NHW, self.train.labels_N, order,
-                                       np.int32(i * b))
-            if progress is not None and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == self.steps_per_epoch):
-                progress(i + 1, metrics)
+        data_args = (self.train.images_NHW, self.train.labels_N, order)
+        for first in range(0, self.full_steps, PROGRESS_EVERY):
+            last = min(first + PROGRESS_EVERY, self.full_steps)
+            self.state, metrics = self._chunk(self.state, metrics, *data_args, np.int32(first), np.int32(last))
+            if progress is not None:
+                progress(last, metrics)
+        if self._tail:
+            b = self.config.batch_size
+            self.state, metrics = self._tail(self.state, metrics, *data_args, np.int32(self.full_steps * b))
+            if progress is not None:
+                progress(self.steps_per_epoch, metrics)
         loss_sum, correct, n = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         return float(loss_sum / n), float(correct / n), seconds
