@@ -50,7 +50,8 @@ class Config:
         checks = [
             (self.arch in MODELS, f"unknown architecture {self.arch!r}: choose one of {', '.join(MODELS)}"),
             (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
+            (self.optimizer in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
             (self.epochs >= 1, f"epochs is {self.epochs}: train for at least 1 epoch"),
             (self.batch_size >= 1, f"batch size is {self.batch_size}: use a batch size of at least 1"),

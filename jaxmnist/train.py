@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -186,7 +185,8 @@ class Trainer:
     def _shuffle(self, epoch: int) -> jax.Array:
         return _permutation(jax.random.fold_in(self.shuffle_key, epoch), self.n_train)
 
-    def train_epoch(self, epoch: int, progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:
+    def train_epoch(self, epoch: int,
+                    progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:
         """Trains one epoch; returns (mean loss, accuracy, seconds) over its batches."""
         start = time.perf_counter()
         order = self._shuffle(epoch)

@@ -119,35 +119,21 @@ def test_bad_magic_is_refused(tmp_path, gz):
         data.load("mnist", tmp_path)
 
 
-def test_not_an_idx_file_is_refused(tmp_path):
-    tiny_dataset(tmp_path, gz=False)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_text("<html>404 Not Found</html>")
-    with pytest.raises(DataError, match="is not an IDX file"):
+@pytest.mark.parametrize("gz, name, damage, message", [
+    (False, "t10k-labels-idx1-ubyte", lambda raw: b"<html>404 Not Found</html>", "is not an IDX file"),
+    (False, "train-images-idx3-ubyte", lambda raw: raw[:-100],
+     "is truncated: its header promises shape \\(12, 28, 28\\)"),
+    (False, "t10k-labels-idx1-ubyte", lambda raw: raw[:6], "is truncated inside its IDX header"),
+    (True, "train-images-idx3-ubyte.gz", lambda raw: raw[:-200], "corrupt or truncated gzip"),
+    (False, "t10k-labels-idx1-ubyte", lambda raw: raw + b"\x00", "longer than its header says"),
+], ids=["not-idx", "truncated", "truncated-header", "truncated-gzip", "trailing-bytes"])
+def test_damaged_file_is_refused_naming_the_file_and_the_fix(tmp_path, gz, name, damage, message):
+    tiny_dataset(tmp_path, gz=gz)
+    path = tmp_path / name
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=message) as error:
         data.load("mnist", tmp_path)
-
-
-def test_truncated_raw_file_is_refused(tmp_path):
-    tiny_dataset(tmp_path, gz=False)
-    path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match="is truncated: its header promises shape \\(12, 28, 28\\)"):
-        data.load("mnist", tmp_path)
-
-
-def test_truncated_gzip_file_is_refused(tmp_path):
-    tiny_dataset(tmp_path, gz=True)
-    path = tmp_path / "train-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-200])
-    with pytest.raises(DataError, match="corrupt or truncated gzip"):
-        data.load("mnist", tmp_path)
-
-
-def test_trailing_bytes_are_refused(tmp_path):
-    tiny_dataset(tmp_path, gz=False)
-    path = tmp_path / "t10k-labels-idx1-ubyte"
-    path.write_bytes(path.read_bytes() + b"\x00")
-    with pytest.raises(DataError, match="longer than its header says"):
-        data.load("mnist", tmp_path)
+    assert str(path) in str(error.value) and "--data-dir" in str(error.value)
 
 
 def test_image_and_label_count_mismatch_is_refused(tmp_path):

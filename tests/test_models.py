@@ -100,6 +100,6 @@ class ForwardJitTest(chex.TestCase):
             model = make(arch)
             model.eval()
             graphdef, state = nnx.split(model)
-            forward = self.variant(lambda s, x: nnx.merge(graphdef, s)(x))
+            forward = self.variant(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
             x = jax.random.normal(jax.random.key(5), (3, 28, 28, 1))
             chex.assert_trees_all_close(forward(state, x), model(x), rtol=1e-5, atol=1e-5)

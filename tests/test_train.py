@@ -12,7 +12,6 @@ from flax import nnx
 
 from jaxmnist import cli, data
 from jaxmnist.config import Config
-from jaxmnist.models import MODELS
 from jaxmnist.optim import make_optimizer, make_schedule
 from jaxmnist.recipes import RECIPES
 from jaxmnist.train import Trainer, epoch_steps, fit, main
