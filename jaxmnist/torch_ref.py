@@ -7,11 +7,17 @@ shows that the Flax models compute the same function (tests/test_torch_equivalen
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import torch
 from flax import nnx
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+from jaxmnist import data
+from jaxmnist.config import Config
 
 
 class TorchFC(nn.Module):
@@ -87,3 +93,64 @@ def load_torch_weights(model: nnx.Module, torch_model: nn.Module) -> None:
             continue
         if getattr(child, "bias", None) is not None:
             target.bias[...] = child.bias.detach().numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchResult:
+    test_accuracy: float
+    val_accuracy: float | None
+    train_seconds: float
+
+
+def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchResult:
+    """The recipe in PyTorch, as the write-ups ran it: data in memory as normalised float tensors,
+    `torch.optim.Adam(weight_decay=...)`, `clip_grad_norm_`, `CosineAnnealingLR` stepped per batch.
+
+    Same train/validation split and same per-epoch image order as `jaxmnist.train.fit` for the
+    same seed; the initial weights come from PyTorch's own generator seeded with `config.seed`.
+    """
+    from jaxmnist.train import epoch_order, epoch_steps
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
+
+    def tensors(split: data.Split) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (torch.from_numpy(np.array(split.images_NHW)).float() / 255 - config.mean) / config.std
+        return x.unsqueeze(1).contiguous(), torch.from_numpy(np.array(split.labels_N)).long()
+
+    x_train, y_train = tensors(train)
+    model = TORCH_MODELS[config.arch](dropout=config.dropout)
+    steps = epoch_steps(len(train), config.batch_size)
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps * config.epochs, eta_min=config.final_lr)
+                if config.schedule == "cosine" else None)
+
+    seconds = 0.0
+    for epoch in range(config.epochs):
+        order = torch.from_numpy(np.array(epoch_order(config.seed, epoch, len(train))))
+        model.train()
+        start = time.perf_counter()
+        for idx in order.split(config.batch_size):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            if config.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+        seconds += time.perf_counter() - start
+
+    model.eval()
+
+    def accuracy(split: data.Split) -> float:
+        x, y = tensors(split)
+        with torch.no_grad():
+            correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(2000), y.split(2000)))
+        return correct / len(split)
+
+    return TorchResult(accuracy(dataset.test), None if val is None else accuracy(val), seconds)

@@ -147,7 +147,7 @@ class Trainer:
 
     def __init__(self, config: Config, train: data.Split, eval_splits: Sequence[data.Split]):
         self.config = config
-        params_key, dropout_key, self.shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
+        params_key, dropout_key, _ = _streams(config.seed)
         model = MODELS[config.arch](dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
         self.params = count_params(model)
         b = config.batch_size
@@ -183,7 +183,7 @@ class Trainer:
         return jax.jit(functools.partial(fn, graphdef, **static), donate_argnums=donate).lower(*args).compile()
 
     def _shuffle(self, epoch: int) -> jax.Array:
-        return _permutation(jax.random.fold_in(self.shuffle_key, epoch), self.n_train)
+        return epoch_order(self.config.seed, epoch, self.n_train)
 
     def train_epoch(self, epoch: int,
                     progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:
@@ -220,9 +220,15 @@ def epoch_steps(n_train: int, batch_size: int) -> int:
     return -(-n_train // batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _permutation(key: jax.Array, n: int) -> jax.Array:
-    return jax.random.permutation(key, n)
+def _streams(seed: int) -> jax.Array:
+    """Independent keys for parameter initialisation, dropout and shuffling."""
+    return jax.random.split(jax.random.key(seed), 3)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def epoch_order(seed: int, epoch: int, n: int) -> jax.Array:
+    """The order in which epoch `epoch` of run `seed` visits the `n` training images."""
+    return jax.random.permutation(jax.random.fold_in(_streams(seed)[2], epoch), n)
 
 
 def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool = True) -> Result:
