@@ -129,3 +129,12 @@ def test_one_training_step_matches(arch, optimizer, batch):
     # Running means agree; running variances differ by PyTorch's unbiased n/(n-1) factor (n >= 3136).
     for (path, a), (_, b) in zip(flat(model, nnx.BatchStat), flat(stepped, nnx.BatchStat)):
         np.testing.assert_allclose(a, b, rtol=5e-4, atol=1e-7, err_msg=str(path))
+
+
+def test_pytorch_recipe_reference_trains(mnist):
+    from jaxmnist.data import Dataset
+    from jaxmnist.torch_ref import fit_torch
+
+    subset = Dataset("mnist", mnist.train.take(np.arange(3_000)), mnist.test.take(np.arange(1_000)), "subset")
+    result = fit_torch(dataclasses.replace(RECIPES["gap"], val_size=500, epochs=2), subset, threads=1)
+    assert result.test_accuracy > 0.8 and 0.8 < result.val_accuracy <= 1 and result.train_seconds > 0
