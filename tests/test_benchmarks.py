@@ -1,0 +1,35 @@
+"""The benchmark scripts that double as checks."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_params_exits_zero_on_the_registry(capsys):
+    assert load("params").main([]) == 0
+    out = capsys.readouterr().out
+    assert "| gap | 24,048 | 24,048 | yes |" in out and "| fc1 | bias 88, kernel 216x88 | 19,096 |" in out
+
+
+def test_params_exits_non_zero_when_a_count_is_off(monkeypatch, capsys):
+    params = load("params")
+    monkeypatch.setitem(params.DOCUMENTED_PARAMS, "gap", 24_049)
+    assert params.main([]) == 1
+    assert "gap: 24,048 parameters, its write-up documents 24049" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["accuracy", "compare", "scan_repro"])
+def test_benchmark_scripts_parse_their_arguments(script):
+    with pytest.raises(SystemExit) as exit_:
+        load(script).main(["--help"])
+    assert exit_.value.code == 0
