@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -14,12 +15,13 @@ from jaxmnist.train import Result
 
 
 def device_description() -> str:
-    """The accelerator (or CPU model) and how many devices JAX sees, e.g. "cpu: AMD EPYC ... x1"."""
+    """What JAX runs on, e.g. "1 cpu device (AMD EPYC 7B13, 2 cores)" or "8 tpu devices (TPU v2)"."""
     devices = jax.devices()
     kind = devices[0].device_kind
     if devices[0].platform == "cpu":
-        kind = _cpu_model() or kind
-    return f"{devices[0].platform}: {kind} x{len(devices)}"
+        kind = f"{_cpu_model() or kind}, {os.cpu_count()} cores"
+    plural = "s" if len(devices) > 1 else ""
+    return f"{len(devices)} {devices[0].platform} device{plural} ({kind})"
 
 
 def _cpu_model() -> str | None:
