@@ -168,19 +168,22 @@ def _find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def local_files(dataset: str, data_dir: str | os.PathLike) -> dict[str, Path]:
-    """The four IDX files of `dataset` in `data_dir` (or in its `mnist/`-style subfolder)."""
+def local_files(dataset: str, data_dir: str | os.PathLike, origin: str = "") -> dict[str, Path]:
+    """The four IDX files of `dataset` in `data_dir` (or in its `mnist/`-style subfolder).
+
+    `origin` says where `data_dir` came from, for the error messages (e.g. " (from $VAR)").
+    """
     folder = Path(data_dir).expanduser()
     if not folder.exists():
-        raise DataError(f"The data directory {folder} does not exist. {_fix_hint(dataset)}")
+        raise DataError(f"The data directory {folder}{origin} does not exist. {_fix_hint(dataset)}")
     if not folder.is_dir():
-        raise DataError(f"The data directory {folder} is not a directory. {_fix_hint(dataset)}")
+        raise DataError(f"The data directory {folder}{origin} is not a directory. {_fix_hint(dataset)}")
     for candidate in (folder, *(folder / sub for sub in _SUBFOLDERS[dataset])):
         found = {key: _find_file(candidate, name) for key, name in _FILES.items()}
         if all(found.values()):
             return found
     missing = [name for key, name in _FILES.items() if _find_file(folder, name) is None]
-    raise DataError(f"The data directory {folder} lacks {', '.join(missing)} (with or without .gz). "
+    raise DataError(f"The data directory {folder}{origin} lacks {', '.join(missing)} (with or without .gz). "
                     f"{_fix_hint(dataset)}")
 
 
@@ -200,9 +203,11 @@ def load(dataset: str = "mnist", data_dir: str | os.PathLike | None = None, *,
     """
     if dataset not in DATASETS:
         raise DataError(f"Unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}.")
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
-    if data_dir is not None:
-        files, source = local_files(dataset, data_dir), str(Path(data_dir).expanduser())
+    origin = ""
+    if not data_dir and os.environ.get(DATA_DIR_ENV):
+        data_dir, origin = os.environ[DATA_DIR_ENV], f" (from ${DATA_DIR_ENV})"
+    if data_dir:
+        files, source = local_files(dataset, data_dir, origin), str(Path(data_dir).expanduser())
     else:
         files, source = fetch_with_tfds(dataset), "tensorflow-datasets download cache"
     # Every file's structure first, so that a broken file is named as broken, not as a checksum mismatch.

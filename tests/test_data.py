@@ -57,9 +57,12 @@ def test_parent_folder_with_dataset_subfolders_is_accepted(mnist_dir):
     assert data.local_files("mnist", mnist_dir.parent)["test_labels"].parent == mnist_dir
 
 
-def test_environment_variable_names_the_folder(mnist_dir, monkeypatch):
+def test_environment_variable_names_the_folder(mnist_dir, monkeypatch, tmp_path):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(mnist_dir))
     assert data.load("mnist").source == str(mnist_dir)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "gone"))
+    with pytest.raises(DataError, match="gone \\(from \\$JAXMNIST_DATA_DIR\\) does not exist"):
+        data.load("mnist")
 
 
 def test_fashion_files_passed_as_mnist_are_named(mnist_dir):
