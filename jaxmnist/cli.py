@@ -25,7 +25,8 @@ def _optional(parse):
     return parse_optional
 
 
-_TYPES = {"int": int, "float": float, "str": str, "float | None": _optional(float), "str | None": str}
+_TYPES = {"int": int, "float": float, "str": str, "float | None": _optional(float), "int | None": _optional(int),
+          "str | None": str}
 
 
 class _Parser(argparse.ArgumentParser):

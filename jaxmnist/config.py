@@ -41,6 +41,7 @@ class Config:
     momentum: float = _help("SGD momentum", 0.9)
     weight_decay: float = _help("L2 term added to the gradient, as PyTorch's optimisers do (not AdamW)", 0.0)
     clip_norm: float | None = _help("clip gradients to this global norm before the optimiser (none: off)", None)
+    devices: int | None = _help("devices to split each batch across, data-parallel (none: every visible device)", None)
 
     def validate(self) -> Config:
         """Checks what can be checked without the data; raises ConfigError naming the fix."""

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
-from jaxmnist import data
+from jaxmnist import data, sharding
 from jaxmnist.config import Config
 from jaxmnist.models import MODELS, count_params
 from jaxmnist.optim import make_optimizer
@@ -42,13 +43,14 @@ def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array) -> tuple[
 
 
 def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start, *,
-               batch_size: int, mean: float, std: float):
-    """One optimiser step on the batch `order_N[start:start + batch_size]`.
+               batch_size: int, mean: float, std: float, split: NamedSharding):
+    """One optimiser step on the batch `order_N[start:start + batch_size]`, split across devices
+    as `split` says (the data, state and metrics are replicated).
 
     `metrics_3` accumulates (sum of losses, correct predictions, images) over an epoch.
     """
     model, optimizer = nnx.merge(graphdef, state)
-    idx_B = jax.lax.dynamic_slice_in_dim(order_N, start, batch_size)
+    idx_B = jax.lax.with_sharding_constraint(jax.lax.dynamic_slice_in_dim(order_N, start, batch_size), split)
     labels_B = labels_N[idx_B]
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
     (loss, logits_BK), grads = grad_fn(model, normalize(images_NHW[idx_B], mean, std), labels_B)
@@ -59,7 +61,7 @@ def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start,
 
 
 def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first, last, *,
-                batch_size: int, mean: float, std: float):
+                batch_size: int, mean: float, std: float, split: NamedSharding):
     """Steps `first` to `last - 1` of an epoch (batch i is `order_N[i * batch_size:][:batch_size]`)
     in one compiled loop.
 
@@ -70,14 +72,16 @@ def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first
     """
     def body(i, carry):
         return train_step(graphdef, *carry, images_NHW, labels_N, order_N, i * batch_size, batch_size=batch_size,
-                          mean=mean, std=std)
+                          mean=mean, std=std, split=split)
 
     return jax.lax.fori_loop(first, last, body, (state, metrics_3))
 
 
-def eval_step(graphdef, state, images_EHW, labels_E, n_valid, *, mean: float, std: float) -> jax.Array:
+def eval_step(graphdef, state, images_EHW, labels_E, n_valid, *, mean: float, std: float,
+              split: NamedSharding) -> jax.Array:
     """Correct predictions among the first `n_valid` of a (padded) evaluation batch."""
     model, _ = nnx.merge(graphdef, state)
+    images_EHW = jax.lax.with_sharding_constraint(images_EHW, split)
     logits_EK = model(normalize(images_EHW, mean, std))
     valid_E = jnp.arange(labels_E.shape[0]) < n_valid
     return ((logits_EK.argmax(-1) == labels_E) & valid_E).sum()
@@ -92,10 +96,11 @@ class DeviceSplit:
     n: int
 
     @classmethod
-    def put(cls, split: data.Split, multiple: int = 1) -> DeviceSplit:
+    def put(cls, split: data.Split, sharding: NamedSharding, multiple: int = 1) -> DeviceSplit:
         pad = -len(split) % multiple
         images = np.pad(split.images_NHW, ((0, pad), (0, 0), (0, 0)))
-        return cls(jax.device_put(images), jax.device_put(np.pad(split.labels_N, (0, pad))), len(split))
+        labels = np.pad(split.labels_N, (0, pad))
+        return cls(jax.device_put(images, sharding), jax.device_put(labels, sharding), len(split))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,14 +163,19 @@ class Trainer:
         model.eval()
         eval_graphdef, _ = nnx.split((model, optimizer))
         model.train()
-        train_graphdef, self.state = nnx.split((model, optimizer))
+        train_graphdef, state = nnx.split((model, optimizer))
 
-        self.train = DeviceSplit.put(train)
-        eval_batch = min(EVAL_BATCH, max(len(s) for s in eval_splits))
-        self.eval_splits = [DeviceSplit.put(s, eval_batch) for s in eval_splits]
+        mesh = sharding.make_mesh(config.devices)
+        sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
+        self.replicated = sharding.replicated(mesh)
+        self.state = jax.device_put(state, self.replicated)
+        self.train = DeviceSplit.put(train, self.replicated)
+        # A whole number of images per device, as evaluation batches are split like training ones.
+        eval_batch = -(-min(EVAL_BATCH, max(len(s) for s in eval_splits)) // mesh.size) * mesh.size
+        self.eval_splits = [DeviceSplit.put(s, self.replicated, eval_batch) for s in eval_splits]
 
         start = time.perf_counter()
-        norm = dict(mean=config.mean, std=config.std)
+        norm = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh))
         order = self._shuffle(0)
         step_args = (self.state, jnp.zeros(3), self.train.images_NHW, self.train.labels_N, order, np.int32(0))
         self._chunk = self._compile(train_steps, train_graphdef, (*step_args, np.int32(1)), donate=(0, 1),
@@ -183,7 +193,7 @@ class Trainer:
         return jax.jit(functools.partial(fn, graphdef, **static), donate_argnums=donate).lower(*args).compile()
 
     def _shuffle(self, epoch: int) -> jax.Array:
-        return epoch_order(self.config.seed, epoch, self.n_train)
+        return jax.device_put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
 
     def train_epoch(self, epoch: int,
                     progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:

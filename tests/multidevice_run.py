@@ -1,0 +1,55 @@
+"""Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices (XLA_FLAGS must be set
+before JAX starts): trains the same seed on 1 and on 8 devices and prints what it saw as JSON."""
+
+import dataclasses
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmnist import data
+from jaxmnist.errors import ConfigError
+from jaxmnist.recipes import RECIPES
+from jaxmnist.train import Trainer, fit
+
+
+def hundred_steps(mnist: data.Dataset, devices: int) -> dict:
+    # SGD, not the recipe's Adam: Adam's first steps divide by |gradient| and blow float-order noise up
+    # to the learning rate, so its trajectories drift apart in a few dozen steps on any two summation orders.
+    config = dataclasses.replace(RECIPES["gap"], val_size=0, devices=devices, optimizer="sgd", lr=0.01, momentum=0.0,
+                                 schedule="constant", final_lr=0.0, clip_norm=None, weight_decay=0.0)
+    trainer = Trainer(config, mnist.train.take(np.arange(6_400)), [mnist.test.take(np.arange(1_000))])
+    order = trainer._shuffle(0)
+    losses, params = [], None
+    for i in range(100):  # one step per call, to read every step's loss
+        trainer.state, metrics = trainer._chunk(trainer.state, jnp.zeros(3), trainer.train.images_NHW,
+                                                trainer.train.labels_N, order, np.int32(i), np.int32(i + 1))
+        losses.append(float(metrics[0]) / config.batch_size)
+        if i + 1 == 10:
+            params = [np.asarray(x).tolist() for x in jax.tree.leaves(nnx.filter_state(trainer.state[0], nnx.Param))]
+    shardings = jax.tree.leaves(trainer._chunk.input_shardings)
+    return {"losses": losses, "params_after_10": params, "hlo_all_reduce": "all-reduce" in trainer._chunk.as_text(),
+            "state_devices": len(shardings[0].device_set), "test_accuracy": trainer.evaluate(trainer.eval_splits[0])}
+
+
+def main() -> None:
+    mnist = data.load("mnist", sys.argv[1])
+    out = {"device_count": jax.device_count(), "one": hundred_steps(mnist, 1), "eight": hundred_steps(mnist, 8)}
+    errors = []
+    for devices, batch in ((16, 64), (8, 60)):
+        try:
+            fit(dataclasses.replace(RECIPES["gap"], devices=devices, batch_size=batch), mnist, progress=False)
+        except ConfigError as e:
+            errors.append(str(e))
+    out["errors"] = errors
+    if "--epoch" in sys.argv:
+        out["epoch"] = {n: fit(dataclasses.replace(RECIPES["gap"], devices=n), mnist, progress=False).test_accuracy
+                        for n in (1, 8)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
