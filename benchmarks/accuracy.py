@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -23,9 +22,9 @@ from jaxmnist.recipes import RECIPES
 from jaxmnist.train import fit
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float]) -> list[str]:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2%} | {min(values):.2%} | {max(values):.2%} | {sd:.2%}"
+    return [f"{statistics.mean(values):.2%}", f"{min(values):.2%}", f"{max(values):.2%}", f"{sd:.2%}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="accuracy.json", help="where to write every run's summary")
     args = parser.parse_args(argv)
 
-    print(f"# accuracy over seeds\n\ncommand: `{shlex.join(['python', *sys.argv])}`  ")
-    print(f"device: {report.device_description()}  ")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in report.versions().items()) + "\n")
+    print(report.benchmark_header("accuracy over seeds"))
     dataset = data.load("mnist", args.data_dir)
     rows, runs = [], []
     for arch in args.arch:
@@ -51,13 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         test = [s["test_accuracy"] for s in summaries]
         val = [s["val_accuracy"] for s in summaries if s["val_accuracy"] is not None]
         seconds = statistics.median(s["train_seconds"] / s["epochs"] for s in summaries)
-        rows.append(f"| {arch} | {summaries[0]['params']:,} | {len(summaries)} | {spread(test)} | "
-                    f"{spread(val) if val else 'n/a | | |'} | {seconds:.2f} | "
-                    f"{statistics.median(s['compile_seconds'] for s in summaries):.2f} |")
-    print("| arch | params | seeds | test mean | min | max | sd | val mean | min | max | sd | epoch s (median) "
-          "| compile s (median) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+        rows.append([arch, f"{summaries[0]['params']:,}", str(len(summaries)), *spread(test),
+                     *(spread(val) if val else ["n/a", "", "", ""]), f"{seconds:.2f}",
+                     f"{statistics.median(s['compile_seconds'] for s in summaries):.2f}"])
+    print(report.markdown_table(["arch", "params", "seeds", "test mean", "min", "max", "sd", "val mean", "min", "max",
+                                 "sd", "epoch s (median)", "compile s (median)"], rows))
     Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
     return 0
 

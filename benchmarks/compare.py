@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -41,10 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = os.cpu_count()
 
-    print(f"# jaxmnist vs PyTorch\n\ncommand: `{shlex.join(['python', *sys.argv])}`  ")
-    print(f"device: {report.device_description()}; PyTorch {torch.__version__} with {threads} threads, "
-          f"XLA:CPU on all {threads} cores  ")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in report.versions().items()) + "\n")
+    print(report.benchmark_header("jaxmnist vs PyTorch", f"; PyTorch {torch.__version__} with {threads} threads, "
+                                                        f"XLA:CPU on all {threads} cores"))
     dataset = data.load("mnist", args.data_dir)
     runs, rows = [], []
     for arch in args.arch:
@@ -71,14 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         jax_acc = [p["jax"]["test_accuracy"] for p in pairs]
         torch_acc = [p["torch"]["test_accuracy"] for p in pairs]
         compile_s = statistics.median(p["jax"]["compile_seconds"] for p in pairs)
-        rows.append(f"| {arch} | {len(pairs)} | {spread(jax_s, '.2f')} | {spread(torch_s, '.2f')} | "
-                    f"**{spread(ratios, '.2f')}** | {compile_s:.2f} | "
-                    f"{statistics.mean(jax_acc):.2%} ({min(jax_acc):.2%}–{max(jax_acc):.2%}) | "
-                    f"{statistics.mean(torch_acc):.2%} ({min(torch_acc):.2%}–{max(torch_acc):.2%}) |")
-    print("| arch | pairs | JAX epoch s, median (min–max) | PyTorch epoch s | JAX / PyTorch time | JAX compile s "
-          "| JAX test acc, mean (min–max) | PyTorch test acc |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+        rows.append([arch, str(len(pairs)), spread(jax_s, ".2f"), spread(torch_s, ".2f"),
+                     f"**{spread(ratios, '.2f')}**", f"{compile_s:.2f}",
+                     f"{statistics.mean(jax_acc):.2%} ({min(jax_acc):.2%}–{max(jax_acc):.2%})",
+                     f"{statistics.mean(torch_acc):.2%} ({min(torch_acc):.2%}–{max(torch_acc):.2%})"])
+    print(report.markdown_table(["arch", "pairs", "JAX epoch s, median (min–max)", "PyTorch epoch s",
+                                 "JAX / PyTorch time", "JAX compile s", "JAX test acc, mean (min–max)",
+                                 "PyTorch test acc"], rows))
     Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
     return 0
 

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxmnist import layers, report
+from jaxmnist import layers, report, sharding
 from jaxmnist.models import GAP
 from jaxmnist.optim import make_optimizer
 from jaxmnist.recipes import RECIPES
@@ -47,7 +47,8 @@ def build(conv_fn):
     optimizer = nnx.Optimizer(model, make_optimizer(RECIPES["gap"], 844), wrt=nnx.Param)
     model.train()
     graphdef, state = nnx.split((model, optimizer))
-    return state, functools.partial(train_step, graphdef, batch_size=64, mean=0.1307, std=0.3081)
+    one_device = sharding.batch_split(sharding.make_mesh(1))
+    return state, functools.partial(train_step, graphdef, batch_size=64, mean=0.1307, std=0.3081, split=one_device)
 
 
 def time_loop(step, state, args, steps: int) -> tuple[float, str]:
@@ -87,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     data_args = (jax.device_put(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
                  jax.device_put(rng.integers(0, 10, n, dtype=np.int32)), jnp.arange(n, dtype=jnp.int32))
-    print(f"device: {report.device_description()}  \nversions: "
-          + ", ".join(f"{k} {v}" for k, v in report.versions().items()) + "\n")
-    print("| convolution | loop steps/s | scan steps/s | scan / loop | convolution layouts in the scan |")
-    print("|---|---:|---:|---:|---|")
+    print(report.benchmark_header("lax.scan against a loop of jitted steps on XLA:CPU"))
+    rows = []
     for name, conv_fn in (("lax.conv_general_dilated + autodiff", lax.conv_general_dilated),
                           ("jaxmnist.layers.conv2d", layers.conv_general_dilated)):
         runs, layouts = {"loop": [], "scan": []}, ""
@@ -101,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs[kind].append(rate)
                 layouts = found or layouts
         loop, scan = statistics.median(runs["loop"]), statistics.median(runs["scan"])
-        print(f"| {name} | {loop:.1f} | {scan:.1f} | {scan / loop:.2f} | {layouts} |")
+        rows.append([name, f"{loop:.1f}", f"{scan:.1f}", f"{scan / loop:.2f}", layouts])
+    print(report.markdown_table(["convolution", "loop steps/s", "scan steps/s", "scan / loop",
+                                 "convolution layouts in the scan"], rows))
     return 0
 
 

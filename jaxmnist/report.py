@@ -7,6 +7,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 import jax
@@ -83,3 +85,16 @@ def format_summary(s: dict) -> str:
 
 def write_json(s: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(s, indent=2) + "\n")
+
+
+def benchmark_header(title: str, device_note: str = "") -> str:
+    """The lines every benchmark prints first: what ran, on what, with which versions."""
+    command = shlex.join(["python", *sys.argv])
+    return (f"# {title}\n\ncommand: `{command}`  \ndevice: {device_description()}{device_note}  \n"
+            "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "\n")
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -24,7 +24,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     if not 1 <= n <= len(available):
         raise ConfigError(f"Invalid configuration: {n} devices requested but {len(available)} "
                           f"{available[0].platform} device(s) are visible: pass --devices between 1 and "
-                          f"{len(available)} (or none for all).")
+                          f"{len(available)}, or leave it out to use them all.")
     return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=available[:n])
 
 

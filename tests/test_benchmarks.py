@@ -33,3 +33,10 @@ def test_benchmark_scripts_parse_their_arguments(script):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(["--help"])
     assert exit_.value.code == 0
+
+
+def test_scan_repro_runs_and_finds_the_non_canonical_layouts(capsys):
+    assert load("scan_repro").main(["--steps", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| lax.conv_general_dilated + autodiff |" in out and "f01b_i01o->01bf" in out
+    assert "| jaxmnist.layers.conv2d |" in out
