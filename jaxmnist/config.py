@@ -12,7 +12,7 @@ from dataclasses import field
 from jaxmnist.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step", "onecycle")
 
 
 def _help(text: str, default=dataclasses.MISSING):
@@ -33,20 +33,29 @@ class Config:
     val_size: int = _help("training images held out for validation (0: none)", 0)
     mean: float = _help("normalisation mean of pixels scaled to [0, 1]", 0.1307)
     std: float = _help("normalisation standard deviation of pixels scaled to [0, 1]", 0.3081)
-    dropout: float = _help("dropout rate of the model's dropout layer", 0.0)
+    dropout: float | None = _help("dropout rate of the model's dropout layers (none: the model's own default)", None)
     optimizer: str = _help("adam or sgd", "adam")
     lr: float = _help("peak learning rate", 1e-3)
-    schedule: str = _help("constant, or cosine decay from lr to final_lr over the run", "constant")
+    schedule: str = _help("learning-rate schedule, stepped per batch: constant; cosine decay from lr to final_lr; "
+                          "step (StepLR: x decay_factor every decay_epochs); onecycle (PyTorch's OneCycleLR "
+                          "peaking at lr, momentum cycled 0.95-0.85)", "constant")
     final_lr: float = _help("learning rate at the end of a cosine schedule", 0.0)
+    decay_epochs: int = _help("step schedule: epochs between decays (StepLR's step_size)", 15)
+    decay_factor: float = _help("step schedule: factor applied at each decay (StepLR's gamma)", 0.1)
     momentum: float = _help("SGD momentum", 0.9)
     weight_decay: float = _help("L2 term added to the gradient, as PyTorch's optimisers do (not AdamW)", 0.0)
     clip_norm: float | None = _help("clip gradients to this global norm before the optimiser (none: off)", None)
+    rotate: float = _help("augmentation: random rotation within +-this many degrees", 0.0)
+    translate: float = _help("augmentation: random shift within +-this fraction of the image size", 0.0)
+    scale: float = _help("augmentation: random zoom within [1 - scale, 1 + scale]", 0.0)
+    crop_p: float = _help("augmentation: probability of a centre crop to crop_size resized back to 28", 0.0)
+    crop_size: int = _help("augmentation: side of that centre crop", 22)
     devices: int | None = _help("devices to split each batch across, data-parallel (none: every visible device)", None)
 
     def validate(self) -> Config:
         """Checks what can be checked without the data; raises ConfigError naming the fix."""
         from jaxmnist.data import DATASETS
-        from jaxmnist.models import MODELS
+        from jaxmnist.models import MODELS, has_dropout
 
         checks = [
             (self.arch in MODELS, f"unknown architecture {self.arch!r}: choose one of {', '.join(MODELS)}"),
@@ -59,7 +68,16 @@ class Config:
             (self.val_size >= 0, f"val_size is {self.val_size}: hold out 0 or more images"),
             (self.lr > 0, f"learning rate is {self.lr}: it must be positive"),
             (0 <= self.final_lr <= self.lr, f"final_lr is {self.final_lr}: it must lie in [0, lr={self.lr}]"),
-            (0 <= self.dropout < 1, f"dropout is {self.dropout}: a rate must lie in [0, 1)"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"dropout is {self.dropout}: a rate must lie in [0, 1)"),
+            (self.dropout is None or self.arch not in MODELS or has_dropout(self.arch),
+             f"dropout is {self.dropout} but {self.arch} has no dropout layer: leave dropout unset (none)"),
+            (self.decay_epochs >= 1, f"decay_epochs is {self.decay_epochs}: decay every 1 or more epochs"),
+            (0 < self.decay_factor <= 1, f"decay_factor is {self.decay_factor}: it must lie in (0, 1]"),
+            (0 <= self.rotate <= 180, f"rotate is {self.rotate}: use an angle in [0, 180] degrees"),
+            (0 <= self.translate <= 0.5, f"translate is {self.translate}: use a fraction in [0, 0.5]"),
+            (0 <= self.scale < 1, f"scale is {self.scale}: use a zoom range in [0, 1)"),
+            (0 <= self.crop_p <= 1, f"crop_p is {self.crop_p}: a probability must lie in [0, 1]"),
+            (1 <= self.crop_size <= 28, f"crop_size is {self.crop_size}: use a crop side between 1 and 28 pixels"),
             (0 <= self.momentum < 1, f"momentum is {self.momentum}: it must lie in [0, 1)"),
             (self.weight_decay >= 0, f"weight decay is {self.weight_decay}: it must be 0 or positive"),
             (self.clip_norm is None or self.clip_norm > 0,

@@ -6,6 +6,9 @@ then be overridden from the command line.
 
 from jaxmnist.config import Config
 
+# 002/003's torchvision pipeline: RandomApply([CenterCrop(22)], p=0.1), Resize(28), RandomRotation(15).
+_CROP_AND_ROTATE = dict(rotate=15.0, crop_p=0.1, crop_size=22)
+
 RECIPES: dict[str, Config] = {
     # Write-up 001 V1.0: batch 64 over all 60,000 images (938 steps), one epoch. It does not name
     # its optimiser; Adam at PyTorch's default lr 1e-3, no schedule, no weight decay is the usual
@@ -15,4 +18,17 @@ RECIPES: dict[str, Config] = {
     # cosine decay to 0.001 over the epoch (stepped per batch), gradient clipping at norm 1.0.
     "gap": Config(arch="gap", batch_size=64, val_size=6_000, dropout=0.1, optimizer="adam", lr=0.015,
                   schedule="cosine", final_lr=0.001, weight_decay=1e-4, clip_norm=1.0),
+    # Write-up 003's final run: all 60,000 images in batches of 128 (469 steps), Adam at the lr it
+    # settled on (0.002), one epoch, with the crop-and-rotate augmentation. No dropout, no decay.
+    "conv6": Config(arch="conv6", batch_size=128, optimizer="adam", lr=0.002, **_CROP_AND_ROTATE),
+    # Write-up 002 "Iter6": 20 epochs of batch 128, Adam lr 0.001, StepLR(step_size=15, gamma=0.1)
+    # stepped per epoch, the same augmentation as conv6.
+    "under20k": Config(arch="under20k", batch_size=128, epochs=20, optimizer="adam", lr=1e-3, schedule="step",
+                       decay_epochs=15, decay_factor=0.1, **_CROP_AND_ROTATE),
+    # Write-up 004: batch 32 (1,875 steps), SGD lr 0.1 momentum 0.9 weight decay 2e-4 under
+    # OneCycleLR peaking at 0.1 (PyTorch's defaults, which cycle the momentum 0.95-0.85), one epoch.
+    # Its "random affine (translation and scale)" gives no ranges: RandomAffine(degrees=0,
+    # translate=(0.1, 0.1), scale=(0.9, 1.1)) is the usual MNIST reading, after RandomRotation(15).
+    "res8k": Config(arch="res8k", batch_size=32, dropout=0.03, optimizer="sgd", lr=0.1, momentum=0.9,
+                    weight_decay=2e-4, schedule="onecycle", rotate=15.0, translate=0.1, scale=0.1),
 }

@@ -24,17 +24,23 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxmnist import data, sharding
+from jaxmnist.augment import Augmentation
 from jaxmnist.config import Config
-from jaxmnist.models import MODELS, count_params
+from jaxmnist.models import build, count_params
 from jaxmnist.optim import make_optimizer
 
 EVAL_BATCH = 2_000
 PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
 
 
-def normalize(images_BHW: jax.Array, mean: float, std: float) -> jax.Array:
-    """uint8 images to the float32 `x_BHWC` the models take (PyTorch's ToTensor + Normalize)."""
-    return ((images_BHW.astype(jnp.float32) / 255.0 - mean) / std)[..., None]
+def to_unit(images_BHW: jax.Array) -> jax.Array:
+    """uint8 pixels to float32 in [0, 1], PyTorch's ToTensor."""
+    return images_BHW.astype(jnp.float32) / 255.0
+
+
+def normalize(pixels_BHW: jax.Array, mean: float, std: float) -> jax.Array:
+    """[0, 1] pixels to the standardised `x_BHWC` the models take, PyTorch's Normalize."""
+    return ((pixels_BHW - mean) / std)[..., None]
 
 
 def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -42,26 +48,31 @@ def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array) -> tuple[
     return optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean(), logits_BK
 
 
-def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start, *,
-               batch_size: int, mean: float, std: float, split: NamedSharding):
+def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start, *, batch_size: int, mean: float,
+               std: float, split: NamedSharding, augmentation: Augmentation, augment_key: jax.Array):
     """One optimiser step on the batch `order_N[start:start + batch_size]`, split across devices
     as `split` says (the data, state and metrics are replicated).
 
-    `metrics_3` accumulates (sum of losses, correct predictions, images) over an epoch.
+    The batch is augmented with a key folded from `augment_key` and the optimiser's step count, so
+    every step of a run draws anew and a rerun draws the same. `metrics_3` accumulates (sum of
+    losses, correct predictions, images) over an epoch.
     """
     model, optimizer = nnx.merge(graphdef, state)
     idx_B = jax.lax.with_sharding_constraint(jax.lax.dynamic_slice_in_dim(order_N, start, batch_size), split)
     labels_B = labels_N[idx_B]
+    pixels_BHW = to_unit(images_NHW[idx_B])
+    if augmentation.active:
+        pixels_BHW = augmentation(jax.random.fold_in(augment_key, optimizer.step[...]), pixels_BHW)
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits_BK), grads = grad_fn(model, normalize(images_NHW[idx_B], mean, std), labels_B)
+    (loss, logits_BK), grads = grad_fn(model, normalize(pixels_BHW, mean, std), labels_B)
     optimizer.update(model, grads)
     correct = (logits_BK.argmax(-1) == labels_B).sum()
     metrics_3 = metrics_3 + jnp.stack([loss * batch_size, correct, batch_size]).astype(jnp.float32)
     return nnx.state((model, optimizer)), metrics_3
 
 
-def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first, last, *,
-                batch_size: int, mean: float, std: float, split: NamedSharding):
+def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first, last, *, batch_size: int,
+                **step_options):
     """Steps `first` to `last - 1` of an epoch (batch i is `order_N[i * batch_size:][:batch_size]`)
     in one compiled loop.
 
@@ -72,7 +83,7 @@ def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first
     """
     def body(i, carry):
         return train_step(graphdef, *carry, images_NHW, labels_N, order_N, i * batch_size, batch_size=batch_size,
-                          mean=mean, std=std, split=split)
+                          **step_options)
 
     return jax.lax.fori_loop(first, last, body, (state, metrics_3))
 
@@ -82,7 +93,7 @@ def eval_step(graphdef, state, images_EHW, labels_E, n_valid, *, mean: float, st
     """Correct predictions among the first `n_valid` of a (padded) evaluation batch."""
     model, _ = nnx.merge(graphdef, state)
     images_EHW = jax.lax.with_sharding_constraint(images_EHW, split)
-    logits_EK = model(normalize(images_EHW, mean, std))
+    logits_EK = model(normalize(to_unit(images_EHW), mean, std))
     valid_E = jnp.arange(labels_E.shape[0]) < n_valid
     return ((logits_EK.argmax(-1) == labels_E) & valid_E).sum()
 
@@ -152,14 +163,14 @@ class Trainer:
 
     def __init__(self, config: Config, train: data.Split, eval_splits: Sequence[data.Split]):
         self.config = config
-        params_key, dropout_key, _ = _streams(config.seed)
-        model = MODELS[config.arch](dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+        params_key, dropout_key, _, augment_key = _streams(config.seed)
+        model = build(config.arch, dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
         self.params = count_params(model)
         b = config.batch_size
         self.n_train = len(train)
         self.full_steps, tail = divmod(self.n_train, b)
         self.steps_per_epoch = epoch_steps(self.n_train, b)
-        optimizer = nnx.Optimizer(model, make_optimizer(config, self.steps_per_epoch * config.epochs), wrt=nnx.Param)
+        optimizer = nnx.Optimizer(model, make_optimizer(config, self.steps_per_epoch), wrt=nnx.Param)
         model.eval()
         eval_graphdef, _ = nnx.split((model, optimizer))
         model.train()
@@ -176,12 +187,13 @@ class Trainer:
 
         start = time.perf_counter()
         norm = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh))
+        augment = dict(augmentation=augmentation(config), augment_key=augment_key)
         order = self._shuffle(0)
         step_args = (self.state, jnp.zeros(3), self.train.images_NHW, self.train.labels_N, order, np.int32(0))
         self._chunk = self._compile(train_steps, train_graphdef, (*step_args, np.int32(1)), donate=(0, 1),
-                                    batch_size=b, **norm)
+                                    batch_size=b, **norm, **augment)
         self._tail = tail and self._compile(train_step, train_graphdef, step_args, donate=(0, 1), batch_size=tail,
-                                            **norm)
+                                            **norm, **augment)
         images = self.eval_splits[0].images_NHW[:eval_batch]
         labels = self.eval_splits[0].labels_N[:eval_batch]
         self._eval = self._compile(eval_step, eval_graphdef, (self.state, images, labels, np.int32(0)), **norm)
@@ -190,6 +202,7 @@ class Trainer:
 
     @staticmethod
     def _compile(fn: Callable, graphdef, args: tuple, donate: tuple[int, ...] = (), **static):
+        """`fn` compiled for `args`, with `static` bound as constants of the program."""
         return jax.jit(functools.partial(fn, graphdef, **static), donate_argnums=donate).lower(*args).compile()
 
     def _shuffle(self, epoch: int) -> jax.Array:
@@ -230,9 +243,14 @@ def epoch_steps(n_train: int, batch_size: int) -> int:
     return -(-n_train // batch_size)
 
 
+def augmentation(config: Config) -> Augmentation:
+    return Augmentation(degrees=config.rotate, translate=config.translate, scale=config.scale, crop_p=config.crop_p,
+                        crop_size=config.crop_size)
+
+
 def _streams(seed: int) -> jax.Array:
-    """Independent keys for parameter initialisation, dropout and shuffling."""
-    return jax.random.split(jax.random.key(seed), 3)
+    """Independent keys for parameter initialisation, dropout, shuffling and augmentation."""
+    return jax.random.split(jax.random.key(seed), 4)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxmnist.models import DOCUMENTED_PARAMS, MODELS, PARAM_BUDGET, count_params
+from jaxmnist.models import DOCUMENTED_PARAMS, MODELS, PARAM_BUDGET, build, count_params, has_dropout
 
 
 def make(arch, seed=0):
@@ -17,7 +17,8 @@ def abstract(arch):
     return nnx.eval_shape(lambda: make(arch))
 
 
-@pytest.mark.parametrize("arch, expected", [("fc", 24_714), ("gap", 24_048)])
+@pytest.mark.parametrize("arch, expected", [("fc", 24_714), ("gap", 24_048), ("conv6", 24_498), ("under20k", 13_562),
+                                            ("res8k", 8_530)])
 def test_exact_parameter_counts(arch, expected):
     assert count_params(abstract(arch)) == expected == DOCUMENTED_PARAMS[arch]
 
@@ -46,13 +47,49 @@ def test_output_shape_and_dtype(arch):
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
-def test_train_mode_is_stochastic_and_eval_mode_is_not(arch):
+def test_train_mode_is_stochastic_where_there_is_dropout_and_eval_mode_is_not(arch):
     x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
     model = make(arch)
     model.train()
-    assert not np.allclose(model(x), model(x)), "dropout should draw a new mask on each call"
+    if has_dropout(arch):
+        assert not np.allclose(model(x), model(x)), "dropout should draw a new mask on each call"
+    else:
+        np.testing.assert_array_equal(model(x), model(x))
     model.eval()
     np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_dropout_is_settable_only_where_the_original_has_it():
+    assert {arch for arch in MODELS if has_dropout(arch)} == {"fc", "gap", "res8k"}
+    assert build("res8k", rngs=nnx.Rngs(0)).dropout.rate == 0.03
+    assert build("res8k", dropout=0.2, rngs=nnx.Rngs(0)).dropout.rate == 0.2
+    with pytest.raises(TypeError):
+        build("conv6", dropout=0.1, rngs=nnx.Rngs(0))
+
+
+# Each convolution's output (H, W, C), from the write-ups' layer tables (NCHW there).
+CONV_OUTPUTS = {
+    "conv6": [(26, 26, 8), (24, 24, 16), (22, 22, 28), (11, 11, 8), (9, 9, 16), (7, 7, 28)],
+    "under20k": [(26, 26, 8), (24, 24, 16), (22, 22, 28), (22, 22, 8), (9, 9, 16), (7, 7, 16), (5, 5, 28)],
+    "res8k": [(28, 28, 16), (28, 28, 24), (14, 14, 24), (14, 14, 16), (14, 14, 24), (7, 7, 10)],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(CONV_OUTPUTS))
+def test_convolution_output_shapes_follow_the_write_up(arch, monkeypatch):
+    shapes = []
+    conv_call = nnx.Conv.__call__
+
+    def recording_call(self, x):
+        y = conv_call(self, x)
+        shapes.append(y.shape[1:])
+        return y
+
+    monkeypatch.setattr(nnx.Conv, "__call__", recording_call)
+    model = make(arch)
+    model.eval()
+    model(jnp.zeros((2, 28, 28, 1)))
+    assert shapes == CONV_OUTPUTS[arch]
 
 
 def test_batchnorm_uses_batch_statistics_in_train_mode_only():

@@ -10,7 +10,7 @@ from flax import nnx
 from jaxmnist.models import MODELS, count_params
 from jaxmnist.optim import make_optimizer
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import loss_fn, normalize
+from jaxmnist.train import loss_fn, normalize, to_unit
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed: pip install -e '.[torch]'")
 from jaxmnist.torch_ref import TORCH_MODELS, load_torch_weights  # noqa: E402
@@ -19,7 +19,7 @@ from jaxmnist.torch_ref import TORCH_MODELS, load_torch_weights  # noqa: E402
 @pytest.fixture(scope="module")
 def batch(mnist):
     """64 real training images, normalised, in both layouts, and their labels."""
-    x_BHWC = np.asarray(normalize(mnist.train.images_NHW[:64], 0.1307, 0.3081))
+    x_BHWC = np.asarray(normalize(to_unit(mnist.train.images_NHW[:64]), 0.1307, 0.3081))
     return x_BHWC, x_BHWC.transpose(0, 3, 1, 2).copy(), mnist.train.labels_N[:64]
 
 
@@ -99,7 +99,7 @@ def test_one_training_step_matches(arch, optimizer, batch):
     torch_opt.step()
 
     model.train()
-    opt = nnx.Optimizer(model, make_optimizer(config, total_steps=844), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch=844), wrt=nnx.Param)
     (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x_BHWC, labels)
     if config.clip_norm:
         grads = optax.clip_by_global_norm(config.clip_norm).update(grads, optax.EmptyState())[0]

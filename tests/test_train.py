@@ -4,54 +4,18 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
-from jaxmnist import cli, data
+from jaxmnist import cli, data, report
 from jaxmnist.config import Config
-from jaxmnist.optim import make_optimizer, make_schedule
+from jaxmnist.models import DOCUMENTED_PARAMS
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import Trainer, epoch_steps, fit, main
+from jaxmnist.train import Trainer, epoch_order, epoch_steps, fit, main
 
 JSON_KEYS = {"arch", "params", "seed", "epochs", "test_accuracy", "val_accuracy", "train_seconds",
              "compile_seconds", "images_per_second", "device", "jax_version"}
-
-
-# Optimiser and schedule ------------------------------------------------------------------------
-
-def test_gap_optimizer_clips_then_adds_l2_then_adam():
-    """First Adam step is -lr * g / (|g| + eps), with g = clip(raw) + wd * param (PyTorch's order)."""
-    config = RECIPES["gap"]
-    tx = make_optimizer(config, total_steps=844)
-    params = {"w": jnp.array([1.0, -2.0, 3.0])}
-    raw = {"w": jnp.array([30.0, 40.0, 0.0])}  # global norm 50: clipped to norm 1
-    updates, _ = tx.update(raw, tx.init(params), params)
-    g = raw["w"] / 50.0 + 1e-4 * params["w"]
-    np.testing.assert_allclose(updates["w"], -0.015 * g / (jnp.abs(g) + 1e-8), rtol=1e-5)
-
-
-def test_sgd_with_momentum_and_l2_matches_pytorch_update_rule():
-    config = dataclasses.replace(RECIPES["fc"], optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
-    tx = make_optimizer(config, total_steps=10)
-    params, grad = jnp.array([2.0]), jnp.array([0.5])
-    state = tx.init(params)
-    buf = 0.0
-    for _ in range(3):
-        updates, state = tx.update(grad, state, params)
-        buf = 0.9 * buf + (0.5 + 0.01 * float(params[0]))  # torch.optim.SGD: buf = m * buf + (g + wd * p)
-        np.testing.assert_allclose(updates, [-0.1 * buf], rtol=1e-6)
-        params = optax.apply_updates(params, updates)
-
-
-def test_cosine_schedule_runs_from_lr_to_final_lr_over_the_run():
-    schedule = make_schedule(RECIPES["gap"], total_steps=844)
-    assert float(schedule(0)) == pytest.approx(0.015)
-    assert float(schedule(422)) == pytest.approx((0.015 + 0.001) / 2)
-    assert float(schedule(844)) == pytest.approx(0.001)
-    assert float(make_schedule(RECIPES["fc"], 938)(500)) == pytest.approx(1e-3)
 
 
 # Command line ----------------------------------------------------------------------------------
@@ -82,6 +46,22 @@ def test_recipes_are_valid_and_the_gap_recipe_is_the_documented_one():
     assert (RECIPES["fc"].batch_size, RECIPES["fc"].dropout, RECIPES["fc"].val_size) == (64, 0.3, 0)
 
 
+def test_seed_zoo_recipes_are_the_documented_ones():
+    conv6, under20k, res8k = RECIPES["conv6"], RECIPES["under20k"], RECIPES["res8k"]
+    crop_and_rotate = (15.0, 0.1, 22, 0.0, 0.0)
+    assert (conv6.batch_size, conv6.optimizer, conv6.lr, conv6.epochs, conv6.schedule) == (128, "adam", 0.002, 1,
+                                                                                          "constant")
+    assert (conv6.rotate, conv6.crop_p, conv6.crop_size, conv6.translate, conv6.scale) == crop_and_rotate
+    assert (under20k.batch_size, under20k.optimizer, under20k.lr, under20k.epochs) == (128, "adam", 1e-3, 20)
+    assert (under20k.schedule, under20k.decay_epochs, under20k.decay_factor) == ("step", 15, 0.1)
+    assert (under20k.rotate, under20k.crop_p, under20k.crop_size, under20k.translate, under20k.scale) == crop_and_rotate
+    assert (res8k.batch_size, res8k.optimizer, res8k.lr, res8k.momentum, res8k.weight_decay, res8k.schedule) == (
+        32, "sgd", 0.1, 0.9, 2e-4, "onecycle")
+    assert (res8k.dropout, res8k.epochs, res8k.rotate, res8k.translate, res8k.scale, res8k.crop_p) == (
+        0.03, 1, 15.0, 0.1, 0.1, 0.0)
+    assert all(r.val_size == 0 for r in (conv6, under20k, res8k))  # the write-ups train on all 60,000
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "use a batch size of at least 1"),
     (["--batch-size", "54001"], "batch size 54001 is larger than the 54000 training images"),
@@ -91,9 +71,14 @@ def test_recipes_are_valid_and_the_gap_recipe_is_the_documented_one():
     (["--dropout", "1"], "a rate must lie in [0, 1)"),
     (["--val-size", "60000"], "val_size is 60000 but the training set holds only 60000 images"),
     (["--clip-norm", "0"], "use a positive norm, or none"),
+    (["--arch", "conv6", "--dropout", "0.1"], "conv6 has no dropout layer: leave dropout unset (none)"),
+    (["--crop-p", "1.5"], "crop_p is 1.5: a probability must lie in [0, 1]"),
+    (["--rotate", "-5"], "rotate is -5.0: use an angle in [0, 180] degrees"),
+    (["--crop-size", "40"], "crop_size is 40: use a crop side between 1 and 28 pixels"),
+    (["--schedule", "step", "--decay-factor", "0"], "decay_factor is 0.0: it must lie in (0, 1]"),
 ])
 def test_impossible_hyper_parameters_exit_2_with_one_paragraph(flags, message, mnist_dir, capsys):
-    assert main(["--arch", "gap", "--data-dir", str(mnist_dir), "--no-progress", *flags]) == 2
+    assert main(["--recipe", "gap", "--data-dir", str(mnist_dir), "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("jaxmnist: error: Invalid configuration:")
     assert err.strip().count("\n") == 0 and "Traceback" not in err
@@ -167,7 +152,20 @@ def test_training_updates_parameters_and_batchnorm_statistics_only_in_train_step
         assert any(not np.array_equal(x, y) for x, y in zip(values, snapshot(kind))), f"training left {kind}"
 
 
-@pytest.mark.parametrize("arch, floor", [("gap", 0.975), ("fc", 0.96)])
+def test_several_epochs_reshuffle_decay_and_report_each_epoch(mnist):
+    """The under20k recipe (step decay, augmentation) shortened to 3 epochs of 2,048 images."""
+    config = dataclasses.replace(RECIPES["under20k"], epochs=3, decay_epochs=2, val_size=512)
+    result = fit(config, small(mnist, 2_560, 1_000), progress=False)
+    assert [e.epoch for e in result.epochs] == [1, 2, 3]
+    assert all(0 < e.val_accuracy <= 1 and 0 < e.test_accuracy <= 1 for e in result.epochs)
+    assert result.epochs[-1].test_accuracy > result.epochs[0].test_accuracy
+    per_epoch = report.summary(result)["per_epoch"]
+    assert [e["test_accuracy"] for e in per_epoch] == [e.test_accuracy for e in result.epochs]
+    orders = [np.asarray(epoch_order(0, epoch, 2_048)) for epoch in range(3)]
+    assert all(sorted(o) == list(range(2_048)) for o in orders) and not np.array_equal(orders[0], orders[1])
+
+
+@pytest.mark.parametrize("arch, floor", [("gap", 0.975), ("fc", 0.96), ("conv6", 0.95), ("res8k", 0.95)])
 def test_one_real_epoch_from_the_command_line(arch, floor, mnist_dir, tmp_path):
     out = tmp_path / "summary.json"
     run = subprocess.run([sys.executable, "-m", "jaxmnist.train", "--arch", arch, "--data-dir", str(mnist_dir),
@@ -176,7 +174,7 @@ def test_one_real_epoch_from_the_command_line(arch, floor, mnist_dir, tmp_path):
     summary = json.loads(out.read_text())
     assert JSON_KEYS <= set(summary)
     assert summary["arch"] == arch and summary["epochs"] == 1 and summary["seed"] == 0
-    assert summary["params"] == {"gap": 24_048, "fc": 24_714}[arch]
+    assert summary["params"] == DOCUMENTED_PARAMS[arch]
     assert summary["test_accuracy"] >= floor, summary
     if arch == "gap":
         assert 0.9 < summary["val_accuracy"] <= 1
