@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{statistics.median(s['compile_seconds'] for s in summaries):.2f}"])
     print(report.markdown_table(["arch", "params", "seeds", "test mean", "min", "max", "sd", "val mean", "min", "max",
                                  "sd", "epoch s (median)", "compile s (median)"], rows))
+    for s in runs:
+        if s["epochs"] > 1:
+            print(f"\n{s['arch']}, seed {s['seed']}, epoch by epoch:\n\n{report.format_epochs(s['per_epoch'])}")
     Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
     return 0
 

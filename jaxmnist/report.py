@@ -80,7 +80,16 @@ def format_summary(s: dict) -> str:
         ("versions", ", ".join(f"{k} {v}" for k, v in s["versions"].items())),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return text if len(s["per_epoch"]) == 1 else text + "\n\n" + format_epochs(s["per_epoch"])
+
+
+def format_epochs(per_epoch: list[dict]) -> str:
+    """The learning curve of a multi-epoch run, one row per epoch."""
+    rows = [[str(e["epoch"]), f"{e['train_loss']:.4f}", f"{e['train_accuracy']:.2%}",
+             "n/a" if e["val_accuracy"] is None else f"{e['val_accuracy']:.2%}", f"{e['test_accuracy']:.2%}",
+             f"{e['train_seconds']:.2f}"] for e in per_epoch]
+    return markdown_table(["epoch", "train loss", "train acc", "val acc", "test acc", "train s"], rows)
 
 
 def write_json(s: dict, path: str | Path) -> None:

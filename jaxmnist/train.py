@@ -33,6 +33,9 @@ EVAL_BATCH = 2_000
 PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
 
 
+NO_AUGMENTATION = Augmentation()
+
+
 def to_unit(images_BHW: jax.Array) -> jax.Array:
     """uint8 pixels to float32 in [0, 1], PyTorch's ToTensor."""
     return images_BHW.astype(jnp.float32) / 255.0
@@ -49,7 +52,8 @@ def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array) -> tuple[
 
 
 def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start, *, batch_size: int, mean: float,
-               std: float, split: NamedSharding, augmentation: Augmentation, augment_key: jax.Array):
+               std: float, split: NamedSharding, augmentation: Augmentation = NO_AUGMENTATION,
+               augment_key: jax.Array | None = None):
     """One optimiser step on the batch `order_N[start:start + batch_size]`, split across devices
     as `split` says (the data, state and metrics are replicated).
 

@@ -28,7 +28,7 @@ def test_params_exits_non_zero_when_a_count_is_off(monkeypatch, capsys):
     assert "gap: 24,048 parameters, its write-up documents 24049" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["accuracy", "compare", "scan_repro"])
+@pytest.mark.parametrize("script", ["accuracy", "augmentation", "compare", "scan_repro"])
 def test_benchmark_scripts_parse_their_arguments(script):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(["--help"])
@@ -40,3 +40,13 @@ def test_scan_repro_runs_and_finds_the_non_canonical_layouts(capsys):
     out = capsys.readouterr().out
     assert "| lax.conv_general_dilated + autodiff |" in out and "f01b_i01o->01bf" in out
     assert "| jaxmnist.layers.conv2d |" in out
+
+
+def test_augmentation_grid_is_written(mnist_dir, tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    from PIL import Image
+
+    png = tmp_path / "grid.png"
+    assert load("augmentation").main(["--pairs", "0", "--png", str(png), "--data-dir", str(mnist_dir)]) == 0
+    with Image.open(png) as image:
+        assert image.width > 400 and image.height > 300
