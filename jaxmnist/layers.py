@@ -86,7 +86,7 @@ def conv2d(x_BHWC: jax.Array, w_HWIO: jax.Array, padding: Padding) -> jax.Array:
       compiles to its fast path inside a loop body (`lax.scan`), which it does not canonicalise.
     """
     if w_HWIO.shape[2] > 1:
-        return lax.conv_general_dilated(x_BHWC, w_HWIO, (1, 1), padding, dimension_numbers=_NHWC)
+        return _canonical_conv(padding)(x_BHWC, w_HWIO)
     kh, kw, _, _ = w_HWIO.shape
     windows = _windows(x_BHWC, (kh, kw), padding)
     return sum(window * w_HWIO[i, j, 0] for (i, j), window in windows.items())
@@ -100,6 +100,36 @@ def _windows(x_BHWC: jax.Array, kernel: tuple[int, int], padding: Padding) -> di
     return {(i, j): x[:, i: i + ho, j: j + wo, :] for i in range(kh) for j in range(kw)}
 
 
+def _member_by_member(fn):
+    """`fn`, whose `vmap` runs `fn` once per member of the mapped axis inside the one program.
+
+    Training seeds side by side (`jax.vmap` over models, each with its own kernels) turns JAX's
+    batching of a convolution into a grouped convolution and of a matrix product into a batched
+    one, and XLA:CPU ran both several times slower than the same work one model at a time
+    (benchmarks/README.md, "Seeds side by side"). Everything else in the step batches well.
+    """
+    mapped = jax.custom_batching.custom_vmap(fn)
+
+    @mapped.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        members = [mapped(*[a[i] if batched else a for a, batched in zip(args, in_batched)]) for i in range(axis_size)]
+        return jnp.stack(members), True
+
+    return mapped
+
+
+@functools.cache
+def _canonical_conv(padding: Padding):
+    """Stride-1 NHWC x HWIO convolution."""
+    return _member_by_member(
+        lambda x_BHWC, w_HWIO: lax.conv_general_dilated(x_BHWC, w_HWIO, (1, 1), padding, dimension_numbers=_NHWC))
+
+
+@_member_by_member
+def _patches_t_matmul(patches_PK: jax.Array, g_PO: jax.Array) -> jax.Array:
+    return patches_PK.T @ g_PO
+
+
 def _conv2d_fwd(x_BHWC, w_HWIO, padding):
     return conv2d(x_BHWC, w_HWIO, padding), (x_BHWC, w_HWIO)
 
@@ -111,10 +141,10 @@ def _conv2d_bwd(padding, residuals, g_BHWO):
     # Input gradient: the "full" correlation of g with the kernel flipped in space, in and out swapped.
     w_flipped = jnp.flip(w_HWIO, (0, 1)).transpose(0, 1, 3, 2)
     full = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
-    dx = lax.conv_general_dilated(g_BHWO, w_flipped, (1, 1), full, dimension_numbers=_NHWC)
+    dx = _canonical_conv(full)(g_BHWO, w_flipped)
     # Weight gradient: patches (pixels, kh*kw*cin) transposed times g (pixels, cout).
     patches = jnp.concatenate(list(_windows(x_BHWC, (kh, kw), padding).values()), axis=-1)
-    dw = patches.reshape(-1, kh * kw * cin).T @ g_BHWO.reshape(-1, cout)
+    dw = _patches_t_matmul(patches.reshape(-1, kh * kw * cin), g_BHWO.reshape(-1, cout))
     return dx, dw.reshape(kh, kw, cin, cout)
 
 
