@@ -42,6 +42,8 @@ class Config:
     weight_decay: float = _help("L2 term added to the gradient, as PyTorch's optimisers do (not AdamW)", 0.0)
     clip_norm: float | None = _help("clip gradients to this global norm before the optimiser (none: off)", None)
     devices: int | None = _help("devices to split each batch across, data-parallel (none: every visible device)", None)
+    distributed: bool = _help("join a multi-host run: JAX finds the cluster on Cloud TPU pods, Slurm, Open MPI "
+                              "(elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)", False)
 
     def validate(self) -> Config:
         """Checks what can be checked without the data; raises ConfigError naming the fix."""

@@ -4,12 +4,14 @@ Parameters, optimiser state and the uint8 dataset are replicated on every device
 gathered and then constrained to be split along "data", and XLA's SPMD partitioner inserts the
 collectives. BatchNorm's batch statistics are therefore over the global batch, so an N-device
 run computes what the 1-device run computes (up to float reduction order). One device is the
-same program on a mesh of one.
+same program on a mesh of one. On several hosts (`jaxmnist.distributed`) the mesh spans every
+host's devices and each host puts only its own devices' shards (`put`).
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmnist.errors import ConfigError
@@ -35,6 +37,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_split(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split across the mesh's devices."""
     return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The host array `x`, the same in every process, laid out as `sharding`.
+
+    Each process transfers only the shards its own devices hold, so a multi-host run costs no
+    more than a one-host run; `jax.device_put` of a host array onto other hosts' devices would
+    first all-gather it to check that every process passed the same value. On one host the
+    result is what `jax.device_put(x, sharding)` gives.
+    """
+    return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
 
 def check_batches(mesh: Mesh, **batch_sizes: int) -> None:

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jaxmnist import data, sharding
+from jaxmnist import data, distributed, sharding
 from jaxmnist.config import Config
 from jaxmnist.models import MODELS, count_params
 from jaxmnist.optim import make_optimizer
@@ -96,11 +96,11 @@ class DeviceSplit:
     n: int
 
     @classmethod
-    def put(cls, split: data.Split, sharding: NamedSharding, multiple: int = 1) -> DeviceSplit:
+    def put(cls, split: data.Split, placement: NamedSharding, multiple: int = 1) -> DeviceSplit:
         pad = -len(split) % multiple
         images = np.pad(split.images_NHW, ((0, pad), (0, 0), (0, 0)))
         labels = np.pad(split.labels_N, (0, pad))
-        return cls(jax.device_put(images, sharding), jax.device_put(labels, sharding), len(split))
+        return cls(sharding.put(images, placement), sharding.put(labels, placement), len(split))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,12 +247,13 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
     Args:
         config: the run; validated here.
         dataset: already loaded data (else loaded as `config` says).
-        progress: draw a progress bar with running loss and accuracy on stderr.
+        progress: draw a progress bar with running loss and accuracy on stderr (process 0 only).
 
     Raises:
         JaxMnistError: for an invalid configuration or unusable data.
     """
     config.validate()
+    distributed.initialize(config.distributed)
     if dataset is None:
         dataset = data.load(config.dataset, config.data_dir, verify_checksums=config.verify_checksums)
     config.validate_sizes(len(dataset.train))
@@ -262,7 +263,8 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
 
     epochs = []
     for epoch in range(config.epochs):
-        bar = _progress_bar(trainer.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else None
+        bar = (_progress_bar(trainer.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+               if progress and distributed.is_main_process() else None)
         loss, accuracy, seconds = trainer.train_epoch(epoch, bar and functools.partial(_redraw, bar))
         start = time.perf_counter()
         test_accuracy = trainer.evaluate(trainer.eval_splits[0])
@@ -299,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxMnistError as e:
         print(f"jaxmnist: error: {e}", file=sys.stderr)
         return 2
+    if not distributed.is_main_process():
+        return 0
     summary = report.summary(result)
     print(report.format_summary(summary))
     if args.json:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmnist import data
+from jaxmnist import data, sharding
 from jaxmnist.errors import ConfigError
 from jaxmnist.recipes import RECIPES
 from jaxmnist.train import Trainer, fit
@@ -37,12 +37,26 @@ def hundred_steps(mnist: data.Dataset, devices: int) -> dict:
             "state_devices": len(shardings[0].device_set), "test_accuracy": trainer.evaluate(trainer.eval_splits[0])}
 
 
+def put_matches_device_put() -> bool:
+    """`sharding.put` lays a host array out shard for shard as `jax.device_put` does, split or replicated."""
+    mesh, x = sharding.make_mesh(8), np.arange(64 * 28 * 28, dtype=np.uint8).reshape(64, 28, 28)
+    for placement in (sharding.batch_split(mesh), sharding.replicated(mesh)):
+        put, reference = sharding.put(x, placement), jax.device_put(x, placement)
+        shards = [(s.device, s.index, np.asarray(s.data)) for s in put.addressable_shards]
+        expected = [(s.device, s.index, np.asarray(s.data)) for s in reference.addressable_shards]
+        if put.sharding != reference.sharding or len(shards) != 8 or any(
+                (d, i) != (e, j) or not np.array_equal(a, b) for (d, i, a), (e, j, b) in zip(shards, expected)):
+            return False
+    return True
+
+
 def main() -> None:
     mnist = data.load("mnist", sys.argv[1])
     out = {"device_count": jax.device_count(), "one": hundred_steps(mnist, 1), "eight": hundred_steps(mnist, 8)}
     drift = max(np.max(np.abs(np.subtract(a, b))) for a, b in zip(out["one"]["params_after_100"],
                                                                   out["eight"]["params_after_100"]))
     print(f"max parameter difference after 100 steps, 1 vs 8 devices: {drift:.2e}", file=sys.stderr)
+    out["put_matches_device_put"] = put_matches_device_put()
     errors = []
     for devices, batch in ((16, 64), (8, 60)):
         try:

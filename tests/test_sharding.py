@@ -29,6 +29,7 @@ def test_eight_devices_are_visible_and_used(multidevice):
     # Each device's compiled program normalises and convolves its own 8 of the 64 images.
     assert multidevice["eight"]["hlo_image_batches"] == ["f32[8,28,28,1]"]
     assert multidevice["one"]["hlo_image_batches"] == ["f32[64,28,28,1]"]
+    assert multidevice["put_matches_device_put"]  # the multi-host-ready transfer (sharding.put)
 
 
 def test_one_and_eight_devices_agree_step_by_step(multidevice):
