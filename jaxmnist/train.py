@@ -258,6 +258,8 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
         dataset = data.load(config.dataset, config.data_dir, verify_checksums=config.verify_checksums)
     config.validate_sizes(len(dataset.train))
     train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
+    if config.train_size is not None:
+        train = train.take(np.arange(config.train_size))
     eval_splits = [dataset.test] if val is None else [dataset.test, val]
     trainer = Trainer(config, train, eval_splits)
 
