@@ -39,15 +39,22 @@ def batch_split(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
-def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """The host array `x`, the same in every process, laid out as `sharding`.
+def put(tree, placement: NamedSharding):
+    """A pytree of host values, the same in every process, laid out as `placement`.
 
-    Each process transfers only the shards its own devices hold, so a multi-host run costs no
-    more than a one-host run; `jax.device_put` of a host array onto other hosts' devices would
-    first all-gather it to check that every process passed the same value. On one host the
-    result is what `jax.device_put(x, sharding)` gives.
+    Leaves are numpy arrays or JAX arrays of this process (PRNG keys included). Each process
+    transfers only the shards its own devices hold, so this works unchanged on a multi-host run,
+    where `jax.device_put` refuses arrays committed to one process's device and all-gathers host
+    arrays to check that every process passed the same value. On one host the result is what
+    `jax.device_put(tree, placement)` gives.
     """
-    return jax.make_array_from_process_local_data(sharding, x, x.shape)
+    def put_leaf(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put_leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(placement, x, x.shape)
+
+    return jax.tree.map(put_leaf, tree)
 
 
 def check_batches(mesh: Mesh, **batch_sizes: int) -> None:

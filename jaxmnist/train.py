@@ -168,7 +168,7 @@ class Trainer:
         mesh = sharding.make_mesh(config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
         self.replicated = sharding.replicated(mesh)
-        self.state = jax.device_put(state, self.replicated)
+        self.state = sharding.put(state, self.replicated)
         self.train = DeviceSplit.put(train, self.replicated)
         # A whole number of images per device, as evaluation batches are split like training ones.
         eval_batch = -(-min(EVAL_BATCH, max(len(s) for s in eval_splits)) // mesh.size) * mesh.size
@@ -193,7 +193,7 @@ class Trainer:
         return jax.jit(functools.partial(fn, graphdef, **static), donate_argnums=donate).lower(*args).compile()
 
     def _shuffle(self, epoch: int) -> jax.Array:
-        return jax.device_put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
+        return sharding.put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
 
     def train_epoch(self, epoch: int,
                     progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:
