@@ -1,5 +1,6 @@
 """One training program for 1 or N devices: 8 fake CPU devices stand in for a TPU v2-8."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from jaxmnist.recipes import RECIPES
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,3 +66,10 @@ def test_impossible_device_requests_are_refused_naming_the_fix(multidevice):
     too_many, indivisible = multidevice["errors"]
     assert "16 devices requested but 8 cpu device(s) are visible: pass --devices between 1 and 8" in too_many
     assert "batch size of 60 images does not divide across 8 devices" in indivisible
+
+
+def test_the_scaled_preset_is_gap_at_64_images_per_core_of_eight():
+    b512, gap = RECIPES["gap-b512"], RECIPES["gap"]
+    assert dataclasses.replace(b512, batch_size=64, epochs=1, lr=gap.lr, final_lr=gap.final_lr) == gap
+    assert b512.batch_size == 8 * 64 and (60_000 - b512.val_size) % b512.batch_size % 8 == 0  # last batch: 240
+    assert b512.final_lr / b512.lr == pytest.approx(gap.final_lr / gap.lr)
