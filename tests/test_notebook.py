@@ -4,10 +4,8 @@ is what CI runs."""
 import json
 from pathlib import Path
 
-import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+import nbclient
+import nbformat
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "jaxmnist_colab.ipynb"
 
