@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from jaxmnist import data, report
-from jaxmnist.models import MODELS
 from jaxmnist.recipes import RECIPES
 from jaxmnist.train import fit
 
@@ -29,9 +28,11 @@ def spread(values: list[float]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", nargs="+", choices=tuple(MODELS), default=["gap", "fc"])
+    parser.add_argument("--arch", nargs="+", choices=tuple(RECIPES), default=["gap", "fc"],
+                        help="recipes to run: each architecture's own, or a preset such as gap-b512")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--train-size", type=int, default=None, help="train on only N images: a smoke test")
     parser.add_argument("--json", default="accuracy.json", help="where to write every run's summary")
     args = parser.parse_args(argv)
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.arch:
         summaries = []
         for seed in range(args.seeds):
-            result = fit(dataclasses.replace(RECIPES[arch], seed=seed, data_dir=args.data_dir), dataset, progress=False)
+            config = dataclasses.replace(RECIPES[arch], seed=seed, data_dir=args.data_dir, train_size=args.train_size)
+            result = fit(config, dataset, progress=False)
             summaries.append(report.summary(result))
             print(f"{arch} seed {seed}: test {result.test_accuracy:.2%}, {result.train_seconds:.2f} s", file=sys.stderr)
         runs += summaries

@@ -31,6 +31,8 @@ class Config:
     epochs: int = _help("passes over the training split", 1)
     batch_size: int = _help("images per step; the last step of an epoch takes the remainder", 64)
     val_size: int = _help("training images held out for validation (0: none)", 0)
+    train_size: int | None = _help("train on the first N images left after the split (none: all); for quick runs",
+                                   None)
     mean: float = _help("normalisation mean of pixels scaled to [0, 1]", 0.1307)
     std: float = _help("normalisation standard deviation of pixels scaled to [0, 1]", 0.3081)
     dropout: float | None = _help("dropout rate of the model's dropout layers (none: the model's own default)", None)
@@ -51,6 +53,8 @@ class Config:
     crop_p: float = _help("augmentation: probability of a centre crop to crop_size resized back to 28", 0.0)
     crop_size: int = _help("augmentation: side of that centre crop", 22)
     devices: int | None = _help("devices to split each batch across, data-parallel (none: every visible device)", None)
+    distributed: bool = _help("join a multi-host run: JAX finds the cluster on Cloud TPU pods, Slurm, Open MPI "
+                              "(elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)", False)
 
     def validate(self) -> Config:
         """Checks what can be checked without the data; raises ConfigError naming the fix."""
@@ -66,6 +70,8 @@ class Config:
             (self.epochs >= 1, f"epochs is {self.epochs}: train for at least 1 epoch"),
             (self.batch_size >= 1, f"batch size is {self.batch_size}: use a batch size of at least 1"),
             (self.val_size >= 0, f"val_size is {self.val_size}: hold out 0 or more images"),
+            (self.train_size is None or self.train_size >= 1,
+             f"train_size is {self.train_size}: train on at least 1 image, or none for all of them"),
             (self.lr > 0, f"learning rate is {self.lr}: it must be positive"),
             (0 <= self.final_lr <= self.lr, f"final_lr is {self.final_lr}: it must lie in [0, lr={self.lr}]"),
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout is {self.dropout}: a rate must lie in [0, 1)"),
@@ -94,6 +100,10 @@ class Config:
         if self.val_size >= n_train:
             raise ConfigError(f"Invalid configuration: val_size is {self.val_size} but the training set holds "
                               f"only {n_train} images: hold out fewer.")
-        if self.batch_size > n_train - self.val_size:
+        available = n_train - self.val_size
+        if self.train_size is not None and self.train_size > available:
+            raise ConfigError(f"Invalid configuration: train_size is {self.train_size} but {available} training "
+                              "images are left after the validation split: use at most that, or none.")
+        if self.batch_size > (self.train_size or available):
             raise ConfigError(f"Invalid configuration: batch size {self.batch_size} is larger than the "
-                              f"{n_train - self.val_size} training images: use a batch size of at most that.")
+                              f"{self.train_size or available} training images: use a batch size of at most that.")

@@ -4,12 +4,14 @@ Parameters, optimiser state and the uint8 dataset are replicated on every device
 gathered and then constrained to be split along "data", and XLA's SPMD partitioner inserts the
 collectives. BatchNorm's batch statistics are therefore over the global batch, so an N-device
 run computes what the 1-device run computes (up to float reduction order). One device is the
-same program on a mesh of one.
+same program on a mesh of one. On several hosts (`jaxmnist.distributed`) the mesh spans every
+host's devices and each host puts only its own devices' shards (`put`).
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmnist.errors import ConfigError
@@ -35,6 +37,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_split(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split across the mesh's devices."""
     return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def put(tree, placement: NamedSharding):
+    """A pytree of host values, the same in every process, laid out as `placement`.
+
+    Leaves are numpy arrays or JAX arrays of this process (PRNG keys included). Each process
+    transfers only the shards its own devices hold, so this works unchanged on a multi-host run,
+    where `jax.device_put` refuses arrays committed to one process's device and all-gathers host
+    arrays to check that every process passed the same value. On one host the result is what
+    `jax.device_put(tree, placement)` gives.
+    """
+    def put_leaf(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put_leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(placement, x, x.shape)
+
+    return jax.tree.map(put_leaf, tree)
 
 
 def check_batches(mesh: Mesh, **batch_sizes: int) -> None:

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jaxmnist import data, sharding
+from jaxmnist import data, distributed, sharding
 from jaxmnist.augment import Augmentation
 from jaxmnist.config import Config
 from jaxmnist.models import build, count_params
@@ -111,11 +111,11 @@ class DeviceSplit:
     n: int
 
     @classmethod
-    def put(cls, split: data.Split, sharding: NamedSharding, multiple: int = 1) -> DeviceSplit:
+    def put(cls, split: data.Split, placement: NamedSharding, multiple: int = 1) -> DeviceSplit:
         pad = -len(split) % multiple
         images = np.pad(split.images_NHW, ((0, pad), (0, 0), (0, 0)))
         labels = np.pad(split.labels_N, (0, pad))
-        return cls(jax.device_put(images, sharding), jax.device_put(labels, sharding), len(split))
+        return cls(sharding.put(images, placement), sharding.put(labels, placement), len(split))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ class Trainer:
         mesh = sharding.make_mesh(config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
         self.replicated = sharding.replicated(mesh)
-        self.state = jax.device_put(state, self.replicated)
+        self.state = sharding.put(state, self.replicated)
         self.train = DeviceSplit.put(train, self.replicated)
         # A whole number of images per device, as evaluation batches are split like training ones.
         eval_batch = -(-min(EVAL_BATCH, max(len(s) for s in eval_splits)) // mesh.size) * mesh.size
@@ -210,7 +210,7 @@ class Trainer:
         return jax.jit(functools.partial(fn, graphdef, **static), donate_argnums=donate).lower(*args).compile()
 
     def _shuffle(self, epoch: int) -> jax.Array:
-        return jax.device_put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
+        return sharding.put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
 
     def train_epoch(self, epoch: int,
                     progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:
@@ -269,22 +269,26 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
     Args:
         config: the run; validated here.
         dataset: already loaded data (else loaded as `config` says).
-        progress: draw a progress bar with running loss and accuracy on stderr.
+        progress: draw a progress bar with running loss and accuracy on stderr (process 0 only).
 
     Raises:
         JaxMnistError: for an invalid configuration or unusable data.
     """
     config.validate()
+    distributed.initialize(config.distributed)
     if dataset is None:
         dataset = data.load(config.dataset, config.data_dir, verify_checksums=config.verify_checksums)
     config.validate_sizes(len(dataset.train))
     train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
+    if config.train_size is not None:
+        train = train.take(np.arange(config.train_size))
     eval_splits = [dataset.test] if val is None else [dataset.test, val]
     trainer = Trainer(config, train, eval_splits)
 
     epochs = []
     for epoch in range(config.epochs):
-        bar = _progress_bar(trainer.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else None
+        bar = (_progress_bar(trainer.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+               if progress and distributed.is_main_process() else None)
         loss, accuracy, seconds = trainer.train_epoch(epoch, bar and functools.partial(_redraw, bar))
         start = time.perf_counter()
         test_accuracy = trainer.evaluate(trainer.eval_splits[0])
@@ -321,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxMnistError as e:
         print(f"jaxmnist: error: {e}", file=sys.stderr)
         return 2
+    if not distributed.is_main_process():
+        return 0
     summary = report.summary(result)
     print(report.format_summary(summary))
     if args.json:

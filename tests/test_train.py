@@ -76,6 +76,9 @@ def test_seed_zoo_recipes_are_the_documented_ones():
     (["--rotate", "-5"], "rotate is -5.0: use an angle in [0, 180] degrees"),
     (["--crop-size", "40"], "crop_size is 40: use a crop side between 1 and 28 pixels"),
     (["--schedule", "step", "--decay-factor", "0"], "decay_factor is 0.0: it must lie in (0, 1]"),
+    (["--train-size", "0"], "train on at least 1 image, or none"),
+    (["--train-size", "54001"], "train_size is 54001 but 54000 training images are left after the validation split"),
+    (["--train-size", "32"], "batch size 64 is larger than the 32 training images"),
 ])
 def test_impossible_hyper_parameters_exit_2_with_one_paragraph(flags, message, mnist_dir, capsys):
     assert main(["--recipe", "gap", "--data-dir", str(mnist_dir), "--no-progress", *flags]) == 2
@@ -133,6 +136,14 @@ def test_same_seed_same_numbers_and_another_seed_differs(mnist):
     assert numbers(first) != numbers(other)
     assert first.epochs[-1].test_accuracy > 0.8  # 2 x 40 steps on 2,500 images already learn
     assert first.train_images == 2_500 and len(first.epochs) == 2
+
+
+def test_train_size_trains_on_the_start_of_the_split_for_quick_runs(mnist):
+    subset = small(mnist, 3_000, 500)
+    config = dataclasses.replace(RECIPES["gap"], val_size=500, train_size=640)
+    result = fit(config, subset, progress=False)
+    assert result.train_images == 640 and result.val_accuracy is not None  # the validation split is unchanged
+    assert result.epochs[0].train_seconds > 0 and 0 <= result.test_accuracy <= 1
 
 
 def test_training_updates_parameters_and_batchnorm_statistics_only_in_train_steps(mnist):
