@@ -223,8 +223,14 @@ def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Spli
     """A random train/validation split, the same for the same seed (the GAP recipe's 54k/6k)."""
     if val_size == 0:
         return train, None
-    order = np.random.default_rng(seed).permutation(len(train))
-    return train.take(np.sort(order[val_size:])), train.take(np.sort(order[:val_size]))
+    train_idx, val_idx = train_val_indices(len(train), val_size, seed)
+    return train.take(train_idx), train.take(val_idx)
+
+
+def train_val_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of `n` training images `split_train_val` keeps for training, and which it holds out."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[val_size:]), np.sort(order[:val_size])
 
 
 def tfds_download_dir() -> Path:

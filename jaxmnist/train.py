@@ -167,18 +167,12 @@ class Trainer:
 
     def __init__(self, config: Config, train: data.Split, eval_splits: Sequence[data.Split]):
         self.config = config
-        params_key, dropout_key, _, augment_key = _streams(config.seed)
-        model = build(config.arch, dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
-        self.params = count_params(model)
         b = config.batch_size
         self.n_train = len(train)
         self.full_steps, tail = divmod(self.n_train, b)
         self.steps_per_epoch = epoch_steps(self.n_train, b)
-        optimizer = nnx.Optimizer(model, make_optimizer(config, self.steps_per_epoch), wrt=nnx.Param)
-        model.eval()
-        eval_graphdef, _ = nnx.split((model, optimizer))
-        model.train()
-        train_graphdef, state = nnx.split((model, optimizer))
+        train_graphdef, eval_graphdef, state, self.params = init_run(config, self.steps_per_epoch)
+        augment_key = seed_streams(config.seed)[3]
 
         mesh = sharding.make_mesh(config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
@@ -242,6 +236,18 @@ class Trainer:
         return float(correct) / split.n
 
 
+def init_run(config: Config, steps_per_epoch: int):
+    """Run `config.seed`'s model and optimiser as (train graphdef, eval graphdef, state, parameters)."""
+    params_key, dropout_key, _, _ = seed_streams(config.seed)
+    model = build(config.arch, dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+    optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+    model.eval()
+    eval_graphdef, _ = nnx.split((model, optimizer))
+    model.train()
+    train_graphdef, state = nnx.split((model, optimizer))
+    return train_graphdef, eval_graphdef, state, count_params(model)
+
+
 def epoch_steps(n_train: int, batch_size: int) -> int:
     """Steps in an epoch: like PyTorch's DataLoader (drop_last=False), a smaller last batch counts."""
     return -(-n_train // batch_size)
@@ -252,7 +258,7 @@ def augmentation(config: Config) -> Augmentation:
                         crop_size=config.crop_size)
 
 
-def _streams(seed: int) -> jax.Array:
+def seed_streams(seed: int) -> jax.Array:
     """Independent keys for parameter initialisation, dropout, shuffling and augmentation."""
     return jax.random.split(jax.random.key(seed), 4)
 
@@ -260,7 +266,7 @@ def _streams(seed: int) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def epoch_order(seed: int, epoch: int, n: int) -> jax.Array:
     """The order in which epoch `epoch` of run `seed` visits the `n` training images."""
-    return jax.random.permutation(jax.random.fold_in(_streams(seed)[2], epoch), n)
+    return jax.random.permutation(jax.random.fold_in(seed_streams(seed)[2], epoch), n)
 
 
 def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool = True) -> Result:

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    folder = Path(os.environ.get(data.DATA_DIR_ENV) or ROOT.parent / "shared" / "data" / "mnist")
+    # Absolute, as subprocesses and the notebook kernel run from other folders.
+    folder = Path(os.environ.get(data.DATA_DIR_ENV) or ROOT.parent / "shared" / "data" / "mnist").resolve()
     if not folder.is_dir():
         pytest.fail(f"Real MNIST is needed at {folder}: set {data.DATA_DIR_ENV} to a folder with its four IDX files.")
     return folder
