@@ -12,7 +12,7 @@ from flax import nnx
 from jaxmnist import augment
 from jaxmnist.data import Dataset
 from jaxmnist.models import DOCUMENTED_PARAMS, build, count_params, has_dropout
-from jaxmnist.optim import make_optimizer
+from jaxmnist.optim import make_optimizer, make_schedule, onecycle_momentum
 from jaxmnist.recipes import RECIPES
 from jaxmnist.train import loss_fn, normalize, to_unit
 
@@ -240,6 +240,33 @@ def test_one_training_step_matches(arch, optimizer, batch, jax_gradients, exact_
     # Running means agree; running variances differ by PyTorch's unbiased n/(n-1) factor (n >= 3136).
     for (path, a), (_, b) in zip(flat(model, nnx.BatchStat), flat(stepped, nnx.BatchStat)):
         np.testing.assert_allclose(a, b, rtol=5e-4, atol=1e-7, err_msg=str(path))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pytorch_schedulers_give_the_recipe_learning_rates(arch):
+    """`make_torch_optimizer`'s scheduler, stepped as `fit_torch` steps it (per batch, or StepLR per
+    epoch), gives at every step the learning rate of `jaxmnist.optim.make_schedule` (and OneCycleLR
+    the momentum of `onecycle_momentum`): 3 epochs of 100 steps, StepLR decaying every 2 epochs.
+    OneCycleLR's peak is one step before optax's (tests/test_optim.py): a step's worth of the curve."""
+    steps, config = 100, dataclasses.replace(RECIPES[arch], epochs=3, decay_epochs=2)
+    opt, per_batch, per_epoch = torch_ref.make_torch_optimizer(config, torch.nn.Linear(1, 1), steps_per_epoch=steps)
+    lrs, momenta = [], []
+    for _ in range(config.epochs):
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            momenta.append(opt.param_groups[0].get("momentum"))
+            opt.step()
+            if per_batch is not None:
+                per_batch.step()
+        if per_epoch is not None:
+            per_epoch.step()
+    total = steps * config.epochs
+    ours = jax.vmap(make_schedule(config, steps_per_epoch=steps))(jnp.arange(total))
+    a_step = np.abs(np.diff(lrs)).max() if config.schedule == "onecycle" else 0.0
+    np.testing.assert_allclose(ours, lrs, rtol=1e-5, atol=a_step)
+    if config.schedule == "onecycle":
+        ours = jax.vmap(onecycle_momentum(total))(jnp.arange(total))
+        np.testing.assert_allclose(ours, momenta, rtol=1e-5, atol=np.abs(np.diff(momenta)).max())
 
 
 def test_pytorch_warp_is_jaxmnist_warp(mnist):
