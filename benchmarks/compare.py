@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1, one JAX/PyTorch pair each")
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs per run, overriding the recipe's (default 1; 0: the recipe's own)")
+    parser.add_argument("--train-size", type=int, default=None, help="train on only N images: a smoke test")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", default="compare.json")
     args = parser.parse_args(argv)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.arch:
         pairs, epochs = [], args.epochs or RECIPES[arch].epochs
         for seed in range(args.seeds):
-            config = dataclasses.replace(RECIPES[arch], seed=seed, epochs=epochs)
+            config = dataclasses.replace(RECIPES[arch], seed=seed, epochs=epochs, train_size=args.train_size)
             order = ("jax", "torch") if seed % 2 == 0 else ("torch", "jax")
             pair = {framework: run(framework, config, dataset, threads) for framework in order}
             print(f"{arch} seed {seed}: jax {pair['jax']['seconds']:.2f} s ({pair['jax']['test_accuracy']:.2%}), "

@@ -275,17 +275,20 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchRe
     """The recipe in PyTorch, as the write-ups ran it: data in memory as float tensors, `torch.optim`
     Adam or SGD with `weight_decay`, `clip_grad_norm_`, the recipe's scheduler (`make_torch_optimizer`).
 
-    Same train/validation split and same per-epoch image order as `jaxmnist.train.fit` for the
-    same seed; the initial weights and dropout masks come from PyTorch's own generator seeded with
-    `config.seed`. Recipes without augmentation train on tensors normalised once up front; the
-    others keep [0, 1] pixels, and each batch is augmented (`augment`, its own generator seeded
-    from `config.seed`) and then normalised, inside the timed loop as in jaxmnist.
+    Same train/validation split (and `train_size` subset) and same per-epoch image order as
+    `jaxmnist.train.fit` for the same seed; the initial weights and dropout masks come from
+    PyTorch's own generator seeded with `config.seed`. Recipes without augmentation train on tensors
+    normalised once up front; the others keep [0, 1] pixels, and each batch is augmented (`augment`,
+    its own generator seeded from `config.seed`) and then normalised, inside the timed loop as in
+    jaxmnist.
     """
     from jaxmnist.train import augmentation, epoch_order, epoch_steps
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
+    if config.train_size is not None:
+        train = train.take(np.arange(config.train_size))
     augmented = augmentation(config).active
     # A generator of its own, seeded apart from the global one that draws weights and dropout masks.
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, 3]).generate_state(1)[0]))
