@@ -1,8 +1,12 @@
-"""The PyTorch originals of the seed models, and weight porting between them and jaxmnist's.
+"""The PyTorch originals of the seed models, weight porting between them and jaxmnist's, and the
+recipes trained in PyTorch.
 
 Needs the `torch` extra (`pip install -e ".[torch]"`, CPU build). The classes are written as the
-write-ups wrote them, layer for layer, so that loading the same weights into both frameworks
-shows that the Flax models compute the same function (tests/test_torch_equivalence.py).
+write-ups wrote them, layer for layer, with the attribute names of jaxmnist's models, so that
+loading the same weights into both frameworks shows that the Flax models compute the same function
+(tests/test_torch_equivalence.py). `fit_torch` trains a recipe in PyTorch on the same split, in
+the same image order and with the same augmentation family as `jaxmnist.train.fit`
+(benchmarks/compare.py).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
@@ -60,7 +65,82 @@ class TorchGAP(nn.Module):
         return self.fc(self.dropout(x.mean(dim=(2, 3))))
 
 
-TORCH_MODELS: dict[str, type[nn.Module]] = {"fc": TorchFC, "gap": TorchGAP}
+class TorchConv6(nn.Module):
+    """Write-up 003's final model ("Iter1" of 002), 24,498 parameters."""
+
+    flattened_CHW = {"fc": (28, 7, 7)}  # fc reads a (C, H, W) flatten; jaxmnist's Conv6 an (H, W, C) one
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.conv3 = nn.Conv2d(16, 28, 3)
+        self.transition = nn.Conv2d(28, 8, 1)
+        self.conv4 = nn.Conv2d(8, 16, 3)
+        self.conv5 = nn.Conv2d(16, 28, 3)
+        self.fc = nn.Linear(28 * 7 * 7, 10)
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x_BCHW))))
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        x = F.relu(self.conv5(F.relu(self.conv4(F.relu(self.transition(x))))))
+        return self.fc(x.flatten(1))
+
+
+class TorchUnder20k(nn.Module):
+    """Write-up 002 "Iter6", "EfficientMnist-Under20K", 13,562 parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, 28, 3), nn.BatchNorm2d(28)
+        self.conv4, self.bn4 = nn.Conv2d(28, 8, 1), nn.BatchNorm2d(8)
+        self.conv5, self.bn5 = nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16)
+        self.conv6, self.bn6 = nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16)
+        self.conv7 = nn.Conv2d(16, 28, 3)
+        self.fc = nn.Linear(28, 10)
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x_BCHW)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        x = F.max_pool2d(F.relu(self.bn4(self.conv4(x))), 2)
+        x = F.relu(self.bn5(self.conv5(x)))
+        x = F.relu(self.bn6(self.conv6(x)))
+        x = F.relu(self.conv7(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class TorchRes8k(nn.Module):
+    """Write-up 004's residual model, 8,530 parameters; ReLU after the residual sum, as jaxmnist's Res8k."""
+
+    def __init__(self, dropout: float = 0.03):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.conv_res = nn.Conv2d(24, 24, 1)
+        self.conv3, self.bn3 = nn.Conv2d(24, 16, 1), nn.BatchNorm2d(16)
+        self.conv4, self.bn4 = nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.conv5 = nn.Conv2d(24, 10, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(F.relu(self.bn1(self.conv1(x_BCHW))))
+        x = F.max_pool2d(self.dropout(F.relu(self.bn2(self.conv2(x)))), 2)
+        residual = self.conv_res(x)
+        x = F.relu(self.bn3(self.conv3(x)))
+        x = F.max_pool2d(self.dropout(F.relu(self.bn4(self.conv4(x)) + residual)), 2)
+        return self.conv5(x).mean(dim=(2, 3))
+
+
+TORCH_MODELS: dict[str, type[nn.Module]] = {"fc": TorchFC, "gap": TorchGAP, "conv6": TorchConv6,
+                                            "under20k": TorchUnder20k, "res8k": TorchRes8k}
+
+
+def build_torch(arch: str, dropout: float | None = None) -> nn.Module:
+    """PyTorch model `arch` with its own dropout rate, or `dropout` where given (as `jaxmnist.models.build`)."""
+    return TORCH_MODELS[arch](**({} if dropout is None else {"dropout": dropout}))
 
 
 def _conv_kernel(weight_OIHW: torch.Tensor) -> np.ndarray:
@@ -76,23 +156,106 @@ def _linear_kernel(weight: torch.Tensor, flatten_CHW: tuple[int, int, int] | Non
     return w.T
 
 
+def _put(variable: nnx.Variable, value: np.ndarray) -> None:
+    """Replaces `variable`'s value (concrete or abstract) with `value` of the same shape."""
+    if tuple(variable.shape) != value.shape:
+        raise ValueError(f"shape mismatch: the nnx variable is {tuple(variable.shape)}, PyTorch's is {value.shape}")
+    # A copy: JAX on CPU may alias a NumPy buffer, and `value` views the PyTorch tensor's memory,
+    # which an optimiser step would then change under the nnx model.
+    variable.set_value(jnp.asarray(np.array(value, variable.dtype)))
+
+
 def load_torch_weights(model: nnx.Module, torch_model: nn.Module) -> None:
-    """Copies `torch_model`'s parameters and BatchNorm statistics into the matching nnx `model`."""
+    """Copies `torch_model`'s parameters and BatchNorm statistics into the matching nnx `model`.
+
+    `model` may be abstract (`nnx.eval_shape`): every parameter and BatchNorm statistic is replaced,
+    so a model that was never initialised comes out whole but for its dropout keys.
+    """
     flattened = getattr(torch_model, "flattened_CHW", {})
     for name, child in torch_model.named_children():
         target = getattr(model, name)
         if isinstance(child, nn.Conv2d):
-            target.kernel[...] = _conv_kernel(child.weight)
+            _put(target.kernel, _conv_kernel(child.weight))
         elif isinstance(child, nn.Linear):
-            target.kernel[...] = _linear_kernel(child.weight, flattened.get(name))
+            _put(target.kernel, _linear_kernel(child.weight, flattened.get(name)))
         elif isinstance(child, nn.BatchNorm2d):
-            target.scale[...] = child.weight.detach().numpy()
-            target.mean[...] = child.running_mean.numpy()
-            target.var[...] = child.running_var.numpy()
+            _put(target.scale, child.weight.detach().numpy())
+            _put(target.mean, child.running_mean.numpy())
+            _put(target.var, child.running_var.numpy())
         else:
             continue
         if getattr(child, "bias", None) is not None:
-            target.bias[...] = child.bias.detach().numpy()
+            _put(target.bias, child.bias.detach().numpy())
+
+
+def warp(images_BCHW: torch.Tensor, inverse_B22: torch.Tensor, translation_B2: torch.Tensor) -> torch.Tensor:
+    """`jaxmnist.augment.warp` in PyTorch: per image y = c + A (x - c) + t, given A^-1 and t in
+    (row, col) pixels, bilinear, zero outside.
+
+    `F.affine_grid` works in (x, y) = (col, row) coordinates normalised to [-1, 1] with
+    `align_corners=False`, where pixel j sits at (2j + 1) / W - 1 = (j - (W - 1) / 2) * 2 / W: the
+    image centre is 0, so the map keeps its linear part (rows and columns swapped, rescaled per axis)
+    and the shift becomes t * 2 / size. `grid_sample`'s zero padding drops each out-of-image corner of the
+    bilinear stencil, as `map_coordinates(mode="constant")` does.
+    """
+    b, _, h, w = images_BCHW.shape
+    swap = [1, 0]
+    to_unit_2 = torch.tensor([2 / w, 2 / h], dtype=inverse_B22.dtype)  # pixels -> normalised, (x, y)
+    inverse_xy = inverse_B22[:, swap][:, :, swap] * to_unit_2[:, None] / to_unit_2[None, :]
+    shift_xy = translation_B2[:, swap] * to_unit_2
+    theta_B23 = torch.cat([inverse_xy, -(inverse_xy @ shift_xy.unsqueeze(-1))], dim=-1)
+    grid = F.affine_grid(theta_B23.to(images_BCHW.dtype), [b, 1, h, w], align_corners=False)
+    return F.grid_sample(images_BCHW, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rotation_inverse(degrees_B: torch.Tensor) -> torch.Tensor:
+    """`jaxmnist.augment.rotation_inverse`: A^-1 of a counter-clockwise rotation, (row, col) axes."""
+    theta = torch.deg2rad(degrees_B)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+
+
+def augment(config: Config, generator: torch.Generator, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+    """The batch with each image transformed by its own draw of `jaxmnist.augment.Augmentation`'s family.
+
+    Rotation within +-`rotate` degrees, zoom in [1 - scale, 1 + scale], with chance `crop_p` a
+    further zoom by 28 / crop_size (centre crop, resize back), a shift within +-`translate` of the
+    image size rounded to whole pixels: one affine map per image, drawn from `generator`, resampled
+    once. The write-ups ran torchvision's per-image PIL transforms in a DataLoader; this is the same
+    transform family done in memory on the whole batch (`F.affine_grid` + `F.grid_sample`), the fast
+    and fair PyTorch counterpart of what jaxmnist does on the device.
+    """
+    b, _, h, w = pixels_BCHW.shape
+
+    def uniform(shape: tuple[int, ...], bound: float | torch.Tensor) -> torch.Tensor:
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+    degrees_B = uniform((b,), config.rotate)
+    zoom_B = 1 + uniform((b,), config.scale)
+    cropped_B = torch.rand((b,), generator=generator) < config.crop_p
+    zoom_B = zoom_B * torch.where(cropped_B, h / config.crop_size, 1.0)
+    shift_B2 = torch.round(uniform((b, 2), config.translate * torch.tensor([h, w], dtype=torch.float32)))
+    return warp(pixels_BCHW, rotation_inverse(degrees_B) / zoom_B[:, None, None], shift_B2)
+
+
+def make_torch_optimizer(config: Config, model: nn.Module, steps_per_epoch: int):
+    """`jaxmnist.optim.make_optimizer` in PyTorch: the optimiser and its scheduler, stepped per batch
+    (cosine, onecycle) or per epoch (step), as (optimizer, per_batch, per_epoch); unused ones are None."""
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler
+    per_batch = per_epoch = None
+    if config.schedule == "cosine":
+        per_batch = scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=config.final_lr)
+    elif config.schedule == "onecycle":  # PyTorch's defaults, momentum (or Adam's beta1) cycled 0.95-0.85
+        per_batch = scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps)
+    elif config.schedule == "step":
+        per_epoch = scheduler.StepLR(opt, step_size=config.decay_epochs, gamma=config.decay_factor)
+    return opt, per_batch, per_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,35 +263,48 @@ class TorchResult:
     test_accuracy: float
     val_accuracy: float | None
     train_seconds: float
+    train_images: int = 0
+    epochs: int = 1
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images * self.epochs / self.train_seconds
 
 
 def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchResult:
-    """The recipe in PyTorch, as the write-ups ran it: data in memory as normalised float tensors,
-    `torch.optim.Adam(weight_decay=...)`, `clip_grad_norm_`, `CosineAnnealingLR` stepped per batch.
+    """The recipe in PyTorch, as the write-ups ran it: data in memory as float tensors, `torch.optim`
+    Adam or SGD with `weight_decay`, `clip_grad_norm_`, the recipe's scheduler (`make_torch_optimizer`).
 
-    Same train/validation split and same per-epoch image order as `jaxmnist.train.fit` for the
-    same seed; the initial weights come from PyTorch's own generator seeded with `config.seed`.
+    Same train/validation split (and `train_size` subset) and same per-epoch image order as
+    `jaxmnist.train.fit` for the same seed; the initial weights and dropout masks come from
+    PyTorch's own generator seeded with `config.seed`. Recipes without augmentation train on tensors
+    normalised once up front; the others keep [0, 1] pixels, and each batch is augmented (`augment`,
+    its own generator seeded from `config.seed`) and then normalised, inside the timed loop as in
+    jaxmnist.
     """
-    from jaxmnist.train import epoch_order, epoch_steps
+    from jaxmnist.train import augmentation, epoch_order, epoch_steps
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
+    if config.train_size is not None:
+        train = train.take(np.arange(config.train_size))
+    augmented = augmentation(config).active
+    # A generator of its own, seeded apart from the global one that draws weights and dropout masks.
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, 3]).generate_state(1)[0]))
 
-    def tensors(split: data.Split) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (torch.from_numpy(np.array(split.images_NHW)).float() / 255 - config.mean) / config.std
-        return x.unsqueeze(1).contiguous(), torch.from_numpy(np.array(split.labels_N)).long()
+    def unit(split: data.Split) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.array(split.images_NHW)).float().div_(255).unsqueeze(1).contiguous()
+        return x, torch.from_numpy(np.array(split.labels_N)).long()
 
-    x_train, y_train = tensors(train)
-    model = TORCH_MODELS[config.arch](dropout=config.dropout)
+    def normalised(split: data.Split) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = unit(split)
+        return (x - config.mean) / config.std, y
+
+    x_train, y_train = (unit if augmented else normalised)(train)
+    model = build_torch(config.arch, config.dropout)
     steps = epoch_steps(len(train), config.batch_size)
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps * config.epochs, eta_min=config.final_lr)
-                if config.schedule == "cosine" else None)
+    opt, per_batch, per_epoch = make_torch_optimizer(config, model, steps)
 
     seconds = 0.0
     for epoch in range(config.epochs):
@@ -136,21 +312,27 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchRe
         model.train()
         start = time.perf_counter()
         for idx in order.split(config.batch_size):
+            x = x_train[idx]
+            if augmented:
+                x = (augment(config, generator, x) - config.mean) / config.std
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            F.cross_entropy(model(x), y_train[idx]).backward()
             if config.clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
-            if schedule is not None:
-                schedule.step()
+            if per_batch is not None:
+                per_batch.step()
+        if per_epoch is not None:
+            per_epoch.step()
         seconds += time.perf_counter() - start
 
     model.eval()
 
     def accuracy(split: data.Split) -> float:
-        x, y = tensors(split)
+        x, y = normalised(split)
         with torch.no_grad():
             correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(2000), y.split(2000)))
         return correct / len(split)
 
-    return TorchResult(accuracy(dataset.test), None if val is None else accuracy(val), seconds)
+    return TorchResult(accuracy(dataset.test), None if val is None else accuracy(val), seconds, len(train),
+                       config.epochs)
