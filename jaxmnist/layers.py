@@ -84,12 +84,45 @@ def conv2d(x_BHWC: jax.Array, w_HWIO: jax.Array, padding: Padding) -> jax.Array:
       (2.9 ms at 14x14, 16 -> 32); one GEMM over every output pixel takes 2.0 ms.
     - Every convolution here is in the canonical NHWC/HWIO layout, the only one XLA:CPU
       compiles to its fast path inside a loop body (`lax.scan`), which it does not canonicalise.
+    - A large batch of large maps runs in slices of the batch (`_slices`).
     """
     if w_HWIO.shape[2] > 1:
-        return _canonical_conv(padding)(x_BHWC, w_HWIO)
+        return _sliced_conv(x_BHWC, w_HWIO, padding)
     kh, kw, _, _ = w_HWIO.shape
     windows = _windows(x_BHWC, (kh, kw), padding)
     return sum(window * w_HWIO[i, j, 0] for (i, j), window in windows.items())
+
+
+# XLA:CPU's convolution and weight-gradient GEMM fall off a cache cliff when one call covers too
+# many output pixels: conv6's 24x24, 16 -> 28 layer takes 4.6 ms forward + backward at batch 32
+# and 40.8 ms at batch 128 (benchmarks/conv_shapes.py). Above _SLICE_ABOVE output pixels a call is
+# cut into equal slices of the batch of at most _SLICE_PIXELS, run one after another (`lax.map`):
+# a conv6 epoch 30.4 -> 22.6 s. gap, fc and res8k (at most 25,088) are never sliced.
+_SLICE_ABOVE, _SLICE_PIXELS = 32_768, 16_384
+
+
+def _slices(batch: int, out_hw: tuple[int, int]) -> int:
+    """Into how many equal slices to cut a batch whose convolution outputs `out_hw` per image."""
+    per_image = out_hw[0] * out_hw[1]
+    if batch * per_image <= _SLICE_ABOVE:
+        return 1
+    size = max(d for d in range(1, batch + 1) if batch % d == 0 and (d * per_image <= _SLICE_PIXELS or d == 1))
+    return batch // size
+
+
+def _by_slices(fn, n: int, *arrays_B: jax.Array) -> jax.Array:
+    """`fn` over `n` equal batch slices of `arrays_B`, stacked: (n, *fn's output shape)."""
+    return lax.map(lambda xs: fn(*xs), tuple(a.reshape(n, a.shape[0] // n, *a.shape[1:]) for a in arrays_B))
+
+
+def _sliced_conv(x_BHWC: jax.Array, w_HWIO: jax.Array, padding: Padding) -> jax.Array:
+    kh, kw = w_HWIO.shape[:2]
+    out_hw = (x_BHWC.shape[1] + sum(padding[0]) - kh + 1, x_BHWC.shape[2] + sum(padding[1]) - kw + 1)
+    conv = _canonical_conv(padding)
+    n = _slices(x_BHWC.shape[0], out_hw)
+    if n == 1:
+        return conv(x_BHWC, w_HWIO)
+    return _by_slices(lambda x: conv(x, w_HWIO), n, x_BHWC).reshape(x_BHWC.shape[0], *out_hw, -1)
 
 
 def _windows(x_BHWC: jax.Array, kernel: tuple[int, int], padding: Padding) -> dict[tuple[int, int], jax.Array]:
@@ -141,10 +174,14 @@ def _conv2d_bwd(padding, residuals, g_BHWO):
     # Input gradient: the "full" correlation of g with the kernel flipped in space, in and out swapped.
     w_flipped = jnp.flip(w_HWIO, (0, 1)).transpose(0, 1, 3, 2)
     full = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
-    dx = _canonical_conv(full)(g_BHWO, w_flipped)
-    # Weight gradient: patches (pixels, kh*kw*cin) transposed times g (pixels, cout).
-    patches = jnp.concatenate(list(_windows(x_BHWC, (kh, kw), padding).values()), axis=-1)
-    dw = _patches_t_matmul(patches.reshape(-1, kh * kw * cin), g_BHWO.reshape(-1, cout))
+    dx = _sliced_conv(g_BHWO, w_flipped, full)
+
+    def weight_grad(x, g):  # patches (pixels, kh*kw*cin) transposed times g (pixels, cout)
+        patches = jnp.concatenate(list(_windows(x, (kh, kw), padding).values()), axis=-1)
+        return _patches_t_matmul(patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout))
+
+    n = 1 if cin == 1 else _slices(x_BHWC.shape[0], g_BHWO.shape[1:3])  # nine patch columns: cheap whole
+    dw = weight_grad(x_BHWC, g_BHWO) if n == 1 else _by_slices(weight_grad, n, x_BHWC, g_BHWO).sum(0)
     return dx, dw.reshape(kh, kw, cin, cout)
 
 

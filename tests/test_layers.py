@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from jaxmnist.layers import conv, conv2d, max_pool_2x2
+from jaxmnist.layers import _slices, conv, conv2d, max_pool_2x2
 
 
 def reference_conv(x, w, padding):
@@ -19,7 +19,14 @@ CASES = [  # (input shape, kernel shape, padding)
     ((2, 28, 28, 1), (3, 3, 1, 8), ((0, 0), (0, 0))),
     ((2, 11, 11, 28), (1, 1, 28, 8), ((0, 0), (0, 0))),  # 1x1 transition
     ((2, 9, 7, 3), (3, 3, 3, 5), ((2, 1), (0, 1))),  # uneven everything
+    ((96, 24, 24, 16), (3, 3, 16, 28), ((0, 0), (0, 0))),  # big enough to run in slices of the batch
 ]
+
+
+def test_only_large_batches_of_large_maps_are_sliced():
+    assert _slices(128, (22, 22)) == 4  # conv6 / under20k at batch 128: 4 slices of 32 images
+    assert _slices(96, (22, 22)) == 3 and _slices(96, (24, 24)) == 4  # a last batch of 96, forward and backward
+    assert _slices(64, (14, 14)) == _slices(32, (28, 28)) == _slices(128, (9, 9)) == 1  # gap, res8k, small maps
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding", CASES)
