@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
+from jaxmnist.checkpoint import METRICS_FILE, RunDir, resume_config
 from jaxmnist.config import OPTIMIZERS, SCHEDULES, Config
 from jaxmnist.data import DATA_DIR_ENV, DATASETS
+from jaxmnist.errors import ConfigError
 from jaxmnist.models import MODELS
 from jaxmnist.recipes import RECIPES
 
@@ -55,20 +60,101 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, type=_TYPES[field.type], choices=_CHOICES.get(field.name), default=None,
                                 metavar=None if field.name in _CHOICES else field.name.upper(), help=help_text)
     parser.add_argument("--json", metavar="PATH", help="also write the summary as one JSON object to PATH")
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="keep the run in DIR: its config, orbax checkpoints after every epoch (and when "
+                             "stopped), the metrics log and the summary; jaxmnist.evaluate and jaxmnist.predict "
+                             "read it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --checkpoint-dir from its newest checkpoint, with its own "
+                             "configuration")
+    parser.add_argument("--keep", type=_positive, default=3, metavar="N",
+                        help="checkpoints to keep in --checkpoint-dir, the newest ones (default 3)")
+    parser.add_argument("--metrics", metavar="PATH",
+                        help=f"write the metrics log (JSON lines: step, loss, accuracy, learning rate, seconds; "
+                             f"val/test accuracy per epoch) to PATH (default: DIR/{METRICS_FILE} with "
+                             "--checkpoint-dir)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="draw the learning curves into a PNG at PATH when the run ends (the plot extra: "
+                             "matplotlib); the metrics log goes beside it unless --metrics or --checkpoint-dir "
+                             "says where")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
 
 
 def _show(value) -> str:
     return _NONE if value is None else str(value)
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    """The Config fields the command line sets explicitly."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    return {name: None if value is _EXPLICIT_NONE else value for name, value in given.items() if value is not None}
+
+
 def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Config]:
     """Parses `argv` into the namespace and the run's `Config` (recipe plus overrides)."""
     args = build_parser().parse_args(argv)
     recipe = RECIPES[args.recipe or args.arch or "gap"]
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
-    overrides = {name: None if value is _EXPLICIT_NONE else value
-                 for name, value in given.items() if value is not None}
-    return args, dataclasses.replace(recipe, **overrides)
+    return args, dataclasses.replace(recipe, **_overrides(args))
+
+
+def metrics_path(args: argparse.Namespace) -> Path | None:
+    """Where the metrics log goes: --metrics, else the run folder, else beside --plot; None: nowhere."""
+    if args.metrics:
+        return Path(args.metrics)
+    if args.checkpoint_dir:
+        return Path(args.checkpoint_dir) / METRICS_FILE
+    return Path(args.plot).with_suffix(".jsonl") if args.plot else None
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every path the run will write is writable, checked before any work; ConfigError naming the fix."""
+    if args.resume and not args.checkpoint_dir:
+        raise ConfigError("Invalid configuration: --resume continues the run kept in a folder: give that folder "
+                          "with --checkpoint-dir DIR.")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("Invalid configuration: --plot draws with matplotlib, which is not installed: "
+                          "pip install 'jaxmnist[plot]' (or matplotlib), or leave --plot out.")
+    # A metrics log the user did not name goes into the run folder or beside the plot, checked with them.
+    for flag, path in {"--json": args.json, "--plot": args.plot, "--metrics": args.metrics}.items():
+        if path is not None:
+            _check_writable(flag, Path(path), folder=False)
+    if args.checkpoint_dir:
+        _check_writable("--checkpoint-dir", Path(args.checkpoint_dir), folder=True)
+
+
+def _check_writable(flag: str, path: Path, folder: bool) -> None:
+    path = path.expanduser()
+    parent = path if folder and path.is_dir() else path.parent
+    problem = None
+    if folder and path.exists() and not path.is_dir():
+        problem = f"{path} is a file, not a folder"
+    elif not folder and path.is_dir():
+        problem = f"{path} is a folder: name a file in it, e.g. {path / 'run.json'}"
+    elif not parent.is_dir():
+        problem = f"the folder {parent} does not exist: create it first, or choose a path in an existing folder"
+    elif not os.access(parent, os.W_OK):
+        problem = f"the folder {parent} is not writable: choose a path you can write to"
+    if problem:
+        raise ConfigError(f"Invalid configuration: {flag} {path}: {problem}. Nothing was trained.")
+
+
+def run_config(args: argparse.Namespace, config: Config, run_dir: RunDir) -> Config:
+    """The run's Config with a run folder: the checkpoint's own with --resume (the command line may
+    only move the data or the devices), else `config`, refusing to overwrite another run."""
+    if not args.resume:
+        if run_dir.has_checkpoint():
+            raise ConfigError(f"Invalid configuration: {run_dir.path} already holds a run's checkpoints: continue "
+                              f"it with --resume, or give the new run another --checkpoint-dir.")
+        return config
+    # A named recipe (--arch or --recipe) asks for all of its fields; otherwise only the flags given.
+    explicit = {f.name for f in dataclasses.fields(Config)} if args.arch or args.recipe else set(_overrides(args))
+    return resume_config(run_dir.latest(), config, explicit, run_dir.path)
 

@@ -7,6 +7,7 @@ applies overrides with `dataclasses.replace`, so every field of every recipe is 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import field
 
 from jaxmnist.errors import ConfigError
@@ -61,7 +62,13 @@ class Config:
         from jaxmnist.data import DATASETS
         from jaxmnist.models import MODELS, has_dropout
 
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"Invalid configuration: {f.name} is {value}: every number of a run must be finite; "
+                                  f"give --{f.name.replace('_', '-')} a finite value.")
         checks = [
+            (0 <= self.seed < 2**32, f"seed is {self.seed}: use a seed in [0, 2**32)"),
             (self.arch in MODELS, f"unknown architecture {self.arch!r}: choose one of {', '.join(MODELS)}"),
             (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
             (self.optimizer in OPTIMIZERS,

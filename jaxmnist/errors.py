@@ -15,3 +15,11 @@ class DataError(JaxMnistError):
 
 class ConfigError(JaxMnistError):
     """An impossible or unknown run configuration."""
+
+
+class Diverged(JaxMnistError):
+    """The loss became non-finite: the run stopped (the CLI exits with status 3)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run at a chunk boundary; the message says what was saved."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from jaxmnist.train import Result
+from jaxmnist.results import Result
 
 
 def device_description() -> str:

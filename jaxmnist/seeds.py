@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxmnist import data, sharding, train
 from jaxmnist.config import Config
+from jaxmnist.results import EpochResult, Result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +35,8 @@ class _Program:
     eval_batch: int
 
 
-def fit_seeds(config: Config, seeds: Sequence[int], dataset: data.Dataset | None = None) -> list[train.Result]:
-    """Trains `config` once per seed, all runs side by side on one device; one `train.Result` per seed.
+def fit_seeds(config: Config, seeds: Sequence[int], dataset: data.Dataset | None = None) -> list[Result]:
+    """Trains `config` once per seed, all runs side by side on one device; one `Result` per seed.
 
     Each result's `train_seconds` is the wall time of the joint epochs (all runs together) and
     its `compile_seconds` that of the joint program.
@@ -85,9 +86,9 @@ def fit_seeds(config: Config, seeds: Sequence[int], dataset: data.Dataset | None
         eval_seconds = time.perf_counter() - start
         for i, (loss_sum, correct, n) in enumerate(metrics):
             val = float(accuracies[1][i]) if config.val_size else None
-            per_seed[i].append(train.EpochResult(epoch + 1, float(loss_sum / n), float(correct / n), val,
+            per_seed[i].append(EpochResult(epoch + 1, float(loss_sum / n), float(correct / n), val,
                                            float(accuracies[0][i]), seconds, eval_seconds))
-    return [train.Result(dataclasses.replace(config, seed=seed), params, n_train, tuple(epochs), compile_seconds)
+    return [Result(dataclasses.replace(config, seed=seed), params, n_train, tuple(epochs), compile_seconds)
             for seed, epochs in zip(seeds, per_seed)]
 
 
@@ -117,11 +118,9 @@ def _compile(config, train_graphdef, eval_graphdef, state, images, labels, order
     tail_step = vmapped(train.train_step, tail).lower(*args).compile() if tail else None
 
     eval_batch = min(train.EVAL_BATCH, len(images))
-    per_run = functools.partial(train.eval_step, eval_graphdef, mean=config.mean, std=config.std,
+    per_run = functools.partial(train.logits_step, eval_graphdef, mean=config.mean, std=config.std,
                                 split=sharding.batch_split(mesh))
-    evaluate = jax.jit(jax.vmap(per_run, in_axes=(0, 0, 0, None))).lower(
-        state, jnp.zeros((len(keys), eval_batch, 28, 28), jnp.uint8), jnp.zeros((len(keys), eval_batch), jnp.int32),
-        np.int32(0)).compile()
+    evaluate = jax.jit(jax.vmap(per_run)).lower(state, jnp.zeros((len(keys), eval_batch, 28, 28), jnp.uint8)).compile()
     return _Program(chunk, tail_step, evaluate, eval_batch)
 
 
@@ -131,9 +130,7 @@ def _evaluate(program: _Program, state, images: np.ndarray, labels: np.ndarray) 
     if images.ndim == 3:
         images, labels = np.broadcast_to(images, (runs, *images.shape)), np.broadcast_to(labels, (runs, len(labels)))
     n, e = images.shape[1], program.eval_batch
-    pad = -n % e
-    images = np.pad(images, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    labels = np.pad(labels, ((0, 0), (0, pad)))
-    correct = sum(program.evaluate(state, images[:, i: i + e], labels[:, i: i + e], np.int32(min(e, n - i)))
-                  for i in range(0, n, e))
-    return np.asarray(correct) / n
+    images = np.pad(images, ((0, 0), (0, -n % e), (0, 0), (0, 0)))
+    logits = np.concatenate(jax.device_get([program.evaluate(state, images[:, i: i + e]) for i in range(0, n, e)]),
+                            axis=1)[:, :n]
+    return (logits.argmax(-1) == labels).mean(axis=1)

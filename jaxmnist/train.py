@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +25,21 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jaxmnist import data, distributed, sharding
+from jaxmnist import data, distributed, report, sharding
 from jaxmnist.augment import Augmentation
+from jaxmnist.checkpoint import SUMMARY_FILE, MetricsLog, Position, RunDir, write_json
 from jaxmnist.config import Config
+from jaxmnist.errors import Diverged, Interrupted, JaxMnistError
 from jaxmnist.models import build, count_params
-from jaxmnist.optim import make_optimizer
+from jaxmnist.optim import make_optimizer, make_schedule
+from jaxmnist.results import EpochResult, Result
 
 EVAL_BATCH = 2_000
 PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
+# A chunk's mean loss above this, or a non-finite one, stops the run as diverged: guessing uniformly
+# among 10 classes costs 2.3, so no run that learns comes near it, and one that blew up (--lr 1e6
+# reaches ~1e13 while its accuracy sits at chance) is caught before it reports a meaningless score.
+DIVERGED_LOSS = 1_000.0
 
 
 NO_AUGMENTATION = Augmentation()
@@ -92,14 +101,11 @@ def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first
     return jax.lax.fori_loop(first, last, body, (state, metrics_3))
 
 
-def eval_step(graphdef, state, images_EHW, labels_E, n_valid, *, mean: float, std: float,
-              split: NamedSharding) -> jax.Array:
-    """Correct predictions among the first `n_valid` of a (padded) evaluation batch."""
+def logits_step(graphdef, state, images_EHW, *, mean: float, std: float, split: NamedSharding) -> jax.Array:
+    """The logits of an evaluation batch, with BatchNorm's running statistics and no dropout."""
     model, _ = nnx.merge(graphdef, state)
     images_EHW = jax.lax.with_sharding_constraint(images_EHW, split)
-    logits_EK = model(normalize(to_unit(images_EHW), mean, std))
-    valid_E = jnp.arange(labels_E.shape[0]) < n_valid
-    return ((logits_EK.argmax(-1) == labels_E) & valid_E).sum()
+    return model(normalize(to_unit(images_EHW), mean, std))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,44 +124,25 @@ class DeviceSplit:
         return cls(sharding.put(images, placement), sharding.put(labels, placement), len(split))
 
 
-@dataclasses.dataclass(frozen=True)
-class EpochResult:
-    """What one epoch measured. `train_*` are running means over its batches, in train mode."""
+class Evaluator:
+    """The compiled inference program: a split's logits in batches of `batch` images.
 
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_accuracy: float | None
-    test_accuracy: float
-    train_seconds: float
-    eval_seconds: float
+    Training and `jaxmnist.evaluate` share it, so that both report the same accuracy to the last digit.
+    """
 
+    def __init__(self, config: Config, eval_graphdef, state, mesh: jax.sharding.Mesh, batch: int):
+        self.batch = batch
+        images = sharding.put(np.zeros((batch, 28, 28), np.uint8), sharding.replicated(mesh))
+        self._logits = jax.jit(functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std,
+                                                 split=sharding.batch_split(mesh))).lower(state, images).compile()
 
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """A finished run: its configuration, per-epoch numbers and costs."""
+    def logits(self, state, split: DeviceSplit) -> np.ndarray:
+        """(n, classes) logits of the split's `n` real images."""
+        batches = [self._logits(state, split.images_NHW[i: i + self.batch]) for i in range(0, split.n, self.batch)]
+        return np.concatenate(jax.device_get(batches))[: split.n]
 
-    config: Config
-    params: int
-    train_images: int
-    epochs: tuple[EpochResult, ...]
-    compile_seconds: float
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.epochs[-1].test_accuracy
-
-    @property
-    def val_accuracy(self) -> float | None:
-        return self.epochs[-1].val_accuracy
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(e.train_seconds for e in self.epochs)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.train_images * len(self.epochs) / self.train_seconds
+    def accuracy(self, state, split: DeviceSplit) -> float:
+        return float(np.mean(self.logits(state, split).argmax(-1) == np.asarray(split.labels_N[: split.n])))
 
 
 class Trainer:
@@ -192,11 +179,8 @@ class Trainer:
                                     batch_size=b, **norm, **augment)
         self._tail = tail and self._compile(train_step, train_graphdef, step_args, donate=(0, 1), batch_size=tail,
                                             **norm, **augment)
-        images = self.eval_splits[0].images_NHW[:eval_batch]
-        labels = self.eval_splits[0].labels_N[:eval_batch]
-        self._eval = self._compile(eval_step, eval_graphdef, (self.state, images, labels, np.int32(0)), **norm)
+        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch)
         self.compile_seconds = time.perf_counter() - start
-        self.eval_batch = eval_batch
 
     @staticmethod
     def _compile(fn: Callable, graphdef, args: tuple, donate: tuple[int, ...] = (), **static):
@@ -206,34 +190,48 @@ class Trainer:
     def _shuffle(self, epoch: int) -> jax.Array:
         return sharding.put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
 
-    def train_epoch(self, epoch: int,
-                    progress: Callable[[int, jax.Array], None] | None = None) -> tuple[float, float, float]:
-        """Trains one epoch; returns (mean loss, accuracy, seconds) over its batches."""
-        start = time.perf_counter()
+    def zero_metrics(self) -> jax.Array:
+        """The running (sum of losses, correct predictions, images) of an epoch not yet begun."""
+        return sharding.put(np.zeros(3, np.float32), self.replicated)
+
+    def chunks(self, epoch: int, start: int = 0, metrics: jax.Array | None = None,
+               keep_last: bool = False) -> Iterator[tuple[int, jax.Array]]:
+        """Trains epoch `epoch` from step `start` (a chunk boundary), one compiled chunk at a time,
+        yielding (steps done in the epoch, running metrics) after each; `self.state` advances.
+
+        With `keep_last`, `self.last` holds a copy of (state, metrics, steps done) from before the
+        chunk just run (the state is donated to each chunk, so it would be gone otherwise).
+        """
         order = self._shuffle(epoch)
-        metrics = jnp.zeros(3)
+        metrics = self.zero_metrics() if metrics is None else metrics
         data_args = (self.train.images_NHW, self.train.labels_N, order)
-        for first in range(0, self.full_steps, PROGRESS_EVERY):
-            last = min(first + PROGRESS_EVERY, self.full_steps)
-            self.state, metrics = self._chunk(self.state, metrics, *data_args, np.int32(first), np.int32(last))
-            if progress is not None:
-                progress(last, metrics)
-        if self._tail:
-            b = self.config.batch_size
-            self.state, metrics = self._tail(self.state, metrics, *data_args, np.int32(self.full_steps * b))
-            if progress is not None:
-                progress(self.steps_per_epoch, metrics)
+        b = self.config.batch_size
+        bounds = [(first, min(first + PROGRESS_EVERY, self.full_steps))
+                  for first in range(start, self.full_steps, PROGRESS_EVERY)]
+        if self._tail and start <= self.full_steps:
+            bounds.append((self.full_steps, self.steps_per_epoch))
+        for first, last in bounds:
+            if keep_last:
+                self.last = (jax.tree.map(jnp.copy, self.state), jnp.copy(metrics), first)
+            if last > self.full_steps:  # the smaller last batch: a program of its own
+                self.state, metrics = self._tail(self.state, metrics, *data_args, np.int32(self.full_steps * b))
+            else:
+                self.state, metrics = self._chunk(self.state, metrics, *data_args, np.int32(first), np.int32(last))
+            yield last, metrics
+
+    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """Trains one whole epoch; returns (mean loss, accuracy, seconds) over its batches."""
+        start = time.perf_counter()
+        *_, (_, metrics) = self.chunks(epoch)
         loss_sum, correct, n = jax.device_get(metrics)
-        seconds = time.perf_counter() - start
-        return float(loss_sum / n), float(correct / n), seconds
+        return float(loss_sum / n), float(correct / n), time.perf_counter() - start
 
     def evaluate(self, split: DeviceSplit) -> float:
         """Accuracy on `split` with BatchNorm's running statistics and no dropout."""
-        correct = sum(
-            self._eval(self.state, split.images_NHW[i: i + self.eval_batch], split.labels_N[i: i + self.eval_batch],
-                       np.int32(min(self.eval_batch, split.n - i)))
-            for i in range(0, split.n, self.eval_batch))
-        return float(correct) / split.n
+        return self.evaluator.accuracy(self.state, split)
+
+    def checkpoint_arrays(self, metrics: jax.Array) -> dict:
+        return {"state": self.state, "metrics": metrics}
 
 
 def init_run(config: Config, steps_per_epoch: int):
@@ -269,16 +267,24 @@ def epoch_order(seed: int, epoch: int, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(seed_streams(seed)[2], epoch), n)
 
 
-def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool = True) -> Result:
+def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool = True, run_dir: RunDir | None = None,
+        resume: bool = False, metrics_path: str | Path | None = None,
+        should_stop: Callable[[], bool] = lambda: False) -> Result:
     """Trains `config` and evaluates after every epoch.
 
     Args:
         config: the run; validated here.
         dataset: already loaded data (else loaded as `config` says).
         progress: draw a progress bar with running loss and accuracy on stderr (process 0 only).
+        run_dir: checkpoint after every epoch (and when stopped) into this run folder.
+        resume: continue from `run_dir`'s newest checkpoint, whose configuration `config` must be.
+        metrics_path: write the metrics log here (JSON lines).
+        should_stop: polled between chunks of steps; when true, the run checkpoints and stops.
 
     Raises:
         JaxMnistError: for an invalid configuration or unusable data.
+        Diverged: the loss became non-finite (the last finite state is checkpointed, given a run folder).
+        Interrupted: `should_stop` said so.
     """
     config.validate()
     distributed.initialize(config.distributed)
@@ -290,53 +296,188 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
         train = train.take(np.arange(config.train_size))
     eval_splits = [dataset.test] if val is None else [dataset.test, val]
     trainer = Trainer(config, train, eval_splits)
-
-    epochs = []
-    for epoch in range(config.epochs):
-        bar = (_progress_bar(trainer.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
-               if progress and distributed.is_main_process() else None)
-        loss, accuracy, seconds = trainer.train_epoch(epoch, bar and functools.partial(_redraw, bar))
-        start = time.perf_counter()
-        test_accuracy = trainer.evaluate(trainer.eval_splits[0])
-        val_accuracy = trainer.evaluate(trainer.eval_splits[1]) if val is not None else None
-        eval_seconds = time.perf_counter() - start
-        epochs.append(EpochResult(epoch + 1, loss, accuracy, val_accuracy, test_accuracy, seconds, eval_seconds))
-        if bar is not None:
-            val_text = "" if val_accuracy is None else f" val_acc={val_accuracy:.4f}"
-            bar.set_postfix_str(f"loss={loss:.4f} acc={accuracy:.4f}{val_text} test_acc={test_accuracy:.4f}")
-            bar.close()
-    return Result(config, trainer.params, trainer.n_train, tuple(epochs), trainer.compile_seconds)
+    return _Run(trainer, config, run_dir, resume, metrics_path, progress, should_stop).train()
 
 
-def _progress_bar(total: int, desc: str):
+class _Run:
+    """The epochs of one `fit`: progress, metrics log, checkpoints, the divergence guard and stopping."""
+
+    def __init__(self, trainer: Trainer, config: Config, run_dir: RunDir | None, resume: bool,
+                 metrics_path: str | Path | None, progress: bool, should_stop: Callable[[], bool]):
+        self.trainer, self.config, self.run_dir, self.should_stop = trainer, config, run_dir, should_stop
+        self.main = distributed.is_main_process()
+        self.progress = progress and self.main
+        self.position, self.metrics = Position(), trainer.zero_metrics()
+        if resume:
+            saved = run_dir.latest()
+            arrays = run_dir.restore(saved.global_step, trainer.checkpoint_arrays(self.metrics))
+            trainer.state, self.metrics, self.position = arrays["state"], arrays["metrics"], saved.position
+        elif run_dir is not None:
+            run_dir.start(config)
+        self.log = MetricsLog(metrics_path, self.global_step() if resume else None) if metrics_path and self.main \
+            else None
+        self.schedule = make_schedule(config, trainer.steps_per_epoch)
+        self.started = time.perf_counter()
+
+    def global_step(self, position: Position | None = None) -> int:
+        position = position or self.position
+        return position.epoch * self.trainer.steps_per_epoch + position.step
+
+    def train(self) -> Result:
+        trainer, config = self.trainer, self.config
+        if self.should_stop():
+            raise Interrupted("stopped before the first step: nothing was trained")
+        for epoch in range(self.position.epoch, config.epochs):
+            bar = _progress_bar(trainer.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", self.position.step) \
+                if self.progress else None
+            loss, accuracy, seconds = self._train_epoch(epoch, bar)
+            start = time.perf_counter()
+            test_accuracy = trainer.evaluate(trainer.eval_splits[0])
+            val_accuracy = trainer.evaluate(trainer.eval_splits[1]) if len(trainer.eval_splits) > 1 else None
+            result = EpochResult(epoch + 1, loss, accuracy, val_accuracy, test_accuracy, seconds,
+                                 time.perf_counter() - start)
+            self.position = Position(epoch + 1, 0, (*self.position.epochs, result))
+            self.metrics = trainer.zero_metrics()
+            self._save()
+            self._log(epoch=epoch + 1, step=self.global_step(), train_loss=loss, train_accuracy=accuracy,
+                      val_accuracy=val_accuracy, test_accuracy=test_accuracy)
+            if bar is not None:
+                val_text = "" if val_accuracy is None else f" val_acc={val_accuracy:.4f}"
+                bar.set_postfix_str(f"loss={loss:.4f} acc={accuracy:.4f}{val_text} test_acc={test_accuracy:.4f}")
+                bar.close()
+            if epoch + 1 < config.epochs and self.should_stop():
+                raise Interrupted(self._stopped_text())
+        if self.run_dir is not None:
+            self.run_dir.close()
+        return Result(config, trainer.params, trainer.n_train, self.position.epochs, trainer.compile_seconds)
+
+    def _train_epoch(self, epoch: int, bar) -> tuple[float, float, float]:
+        trainer = self.trainer
+        start, done_before = time.perf_counter(), self.position.train_seconds
+        logged = (self.position.step, *(float(x) for x in jax.device_get(self.metrics)))
+        for steps, metrics in trainer.chunks(epoch, self.position.step, self.metrics, keep_last=bool(self.run_dir)):
+            loss_sum, correct, n = (float(x) for x in jax.device_get(metrics))
+            images = n - logged[3]
+            loss = (loss_sum - logged[1]) / images
+            if not loss <= DIVERGED_LOSS:  # NaN too
+                self._diverged(epoch, steps, loss)
+            self.metrics = metrics
+            self.position = dataclasses.replace(self.position, step=steps,
+                                                train_seconds=done_before + time.perf_counter() - start)
+            self._log(epoch=epoch + 1, step=self.global_step(), loss=loss,
+                      accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
+                      seconds=time.perf_counter() - self.started)
+            logged = (steps, loss_sum, correct, n)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
+                bar.update(steps - bar.n)
+            if steps < trainer.steps_per_epoch and self.should_stop():
+                self._save()
+                raise Interrupted(self._stopped_text())
+        loss_sum, correct, n = logged[1:]
+        return loss_sum / n, correct / n, self.position.train_seconds
+
+    def _diverged(self, epoch: int, steps: int, loss: float) -> None:
+        first = self.trainer.last[2] if self.run_dir else self.position.step
+        where = f"steps {first + 1}-{steps} of epoch {epoch + 1}"
+        saved = ""
+        if self.run_dir is not None:
+            state, self.metrics, step = self.trainer.last
+            self.trainer.state, self.position = state, dataclasses.replace(self.position, step=step)
+            self._save()
+            saved = (f" The last finite state (step {step} of epoch {epoch + 1}) is checkpointed in "
+                     f"{self.run_dir.path}; a resumed run would diverge again, so start anew with the lower rate.")
+        raise Diverged(f"Training diverged: the mean loss over {where} was {loss:.3g} (over {DIVERGED_LOSS:g}, or "
+                       f"not finite; learning rate {self.config.lr:g}). Lower it, e.g. --lr {self.config.lr / 10:g}, "
+                       f"or check that the normalisation (--mean, --std) suits the data.{saved}")
+
+    def _save(self) -> None:
+        if self.run_dir is not None:
+            self.run_dir.save(self.global_step(), self.config, self.position,
+                              self.trainer.checkpoint_arrays(self.metrics))
+
+    def _log(self, **record) -> None:
+        if self.log is not None:
+            self.log.write(**record)
+
+    def _stopped_text(self) -> str:
+        where = f"after step {self.position.step} of epoch {self.position.epoch + 1}" if self.position.step else \
+            f"after epoch {self.position.epoch}"
+        if self.run_dir is None:
+            return f"stopped {where}; nothing was saved (train with --checkpoint-dir DIR to keep progress)."
+        return (f"stopped {where}; checkpoint saved in {self.run_dir.path}: resume with "
+                f"`python -m jaxmnist.train --resume --checkpoint-dir {self.run_dir.path}`")
+
+
+def _progress_bar(total: int, desc: str, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
 
 
-def _redraw(bar, steps_done: int, metrics: jax.Array) -> None:
-    loss_sum, correct, n = jax.device_get(metrics)
-    bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
-    bar.update(steps_done - bar.n)
+class _StopRequests:
+    """Ctrl-C and SIGTERM ask the run to stop at the next chunk boundary; a second one stops it at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\njaxmnist: {signal.Signals(signum).name}: stopping after the current chunk of steps "
+              "(send it again to stop at once)", file=sys.stderr)
+
+    def requested(self) -> bool:
+        return self.signal is not None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m jaxmnist.train`: parse flags, train, print the summary (and write JSON)."""
-    from jaxmnist import cli, report
-    from jaxmnist.errors import JaxMnistError
+    """`python -m jaxmnist.train`: parse flags, train, print the summary (and write JSON, a plot).
+
+    Exit status: 0 done; 2 bad input; 3 diverged; 130 / 143 stopped by SIGINT / SIGTERM.
+    """
+    from jaxmnist import cli
 
     args, config = cli.parse(argv)
+    stop = _StopRequests()
+    handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    run_dir = None
     try:
-        result = fit(config, progress=not args.no_progress)
+        cli.check_outputs(args)
+        if args.checkpoint_dir:
+            run_dir = RunDir(args.checkpoint_dir, args.keep)
+            config = cli.run_config(args, config, run_dir)
+        result = fit(config, progress=not args.no_progress, run_dir=run_dir, resume=args.resume,
+                     metrics_path=cli.metrics_path(args), should_stop=stop.requested)
+    except Diverged as e:
+        print(f"jaxmnist: error: {e}", file=sys.stderr)
+        return 3
     except JaxMnistError as e:
         print(f"jaxmnist: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"jaxmnist: {e}", file=sys.stderr)
+        return 128 + stop.signal
+    except KeyboardInterrupt:
+        print("jaxmnist: stopped at once; anything after the last checkpoint is lost.", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if run_dir is not None:
+            run_dir.close()
     if not distributed.is_main_process():
         return 0
     summary = report.summary(result)
     print(report.format_summary(summary))
-    if args.json:
-        report.write_json(summary, args.json)
+    for path in (args.json, run_dir and run_dir.file(SUMMARY_FILE)):
+        if path:
+            write_json(path, summary)
+    if args.plot:
+        from jaxmnist import plot
+
+        plot.learning_curves(cli.metrics_path(args), args.plot)
     return 0
 
 

@@ -22,3 +22,15 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_dir) -> data.Dataset:
     return data.load("mnist", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist_dir, tmp_path_factory) -> Path:
+    """A run folder (`--checkpoint-dir`) of gap trained for one epoch on 6,400 images, its summary in
+    train.json beside the checkpoints; shared by the tests of what reads a run folder."""
+    from jaxmnist.train import main
+
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["--arch", "gap", "--train-size", "6400", "--data-dir", str(mnist_dir), "--checkpoint-dir",
+                 str(folder), "--json", str(folder.parent / "train.json"), "--no-progress"]) == 0
+    return folder

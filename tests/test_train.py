@@ -79,11 +79,23 @@ def test_seed_zoo_recipes_are_the_documented_ones():
     (["--train-size", "0"], "train on at least 1 image, or none"),
     (["--train-size", "54001"], "train_size is 54001 but 54000 training images are left after the validation split"),
     (["--train-size", "32"], "batch size 64 is larger than the 32 training images"),
+    (["--lr", "inf"], "lr is inf: every number of a run must be finite; give --lr a finite value"),
+    (["--std", "inf"], "std is inf: every number of a run must be finite; give --std a finite value"),
+    (["--mean", "nan"], "mean is nan: every number of a run must be finite; give --mean a finite value"),
+    (["--seed", "99999999999999999999"], "seed is 99999999999999999999: use a seed in [0, 2**32)"),
+    (["--seed", "-1"], "seed is -1: use a seed in [0, 2**32)"),
+    (["--json", "/no/such/dir/r.json"], "--json /no/such/dir/r.json: the folder /no/such/dir does not exist"),
+    (["--json", "/tmp"], "--json /tmp: /tmp is a folder: name a file in it, e.g. /tmp/run.json"),
+    (["--metrics", "/no/such/m.jsonl"], "--metrics /no/such/m.jsonl: the folder /no/such does not exist"),
+    (["--plot", "/no/such/p.png"], "--plot /no/such/p.png: the folder /no/such does not exist"),
+    (["--checkpoint-dir", "/no/such/run"], "--checkpoint-dir /no/such/run: the folder /no/such does not exist"),
+    (["--checkpoint-dir", "/etc/hostname"], "--checkpoint-dir /etc/hostname: /etc/hostname is a file, not a folder"),
+    (["--resume"], "--resume continues the run kept in a folder: give that folder with --checkpoint-dir DIR"),
 ])
 def test_impossible_hyper_parameters_exit_2_with_one_paragraph(flags, message, mnist_dir, capsys):
     assert main(["--recipe", "gap", "--data-dir", str(mnist_dir), "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.startswith("jaxmnist: error: Invalid configuration:")
+    assert message in err and err.startswith("jaxmnist: error: Invalid configuration:"), err
     assert err.strip().count("\n") == 0 and "Traceback" not in err
 
 
