@@ -110,7 +110,8 @@ def logits_step(graphdef, state, images_EHW, *, mean: float, std: float, split: 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceSplit:
-    """A split on the device, padded to whole evaluation batches; `n` images are real."""
+    """A split on the device, padded to whole evaluation batches; `n` images are real (per run,
+    where the arrays have a leading run axis)."""
 
     images_NHW: jax.Array
     labels_N: jax.Array
@@ -118,81 +119,110 @@ class DeviceSplit:
 
     @classmethod
     def put(cls, split: data.Split, placement: NamedSharding, multiple: int = 1) -> DeviceSplit:
-        pad = -len(split) % multiple
-        images = np.pad(split.images_NHW, ((0, pad), (0, 0), (0, 0)))
-        labels = np.pad(split.labels_N, (0, pad))
-        return cls(sharding.put(images, placement), sharding.put(labels, placement), len(split))
+        n = split.labels_N.shape[-1]
+        runs = [(0, 0)] * (split.labels_N.ndim - 1)
+        images = np.pad(split.images_NHW, (*runs, (0, -n % multiple), (0, 0), (0, 0)))
+        labels = np.pad(split.labels_N, (*runs, (0, -n % multiple)))
+        return cls(sharding.put(images, placement), sharding.put(labels, placement), n)
 
 
 class Evaluator:
     """The compiled inference program: a split's logits in batches of `batch` images.
 
-    Training and `jaxmnist.evaluate` share it, so that both report the same accuracy to the last digit.
+    Training and `jaxmnist.evaluate` share it, so that both report the same accuracy to the last
+    digit. With `runs`, the state and the split's images have a leading run axis (`jax.vmap`).
     """
 
-    def __init__(self, config: Config, eval_graphdef, state, mesh: jax.sharding.Mesh, batch: int):
-        self.batch = batch
-        images = sharding.put(np.zeros((batch, 28, 28), np.uint8), sharding.replicated(mesh))
-        self._logits = jax.jit(functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std,
-                                                 split=sharding.batch_split(mesh))).lower(state, images).compile()
+    def __init__(self, config: Config, eval_graphdef, state, mesh: jax.sharding.Mesh, batch: int, runs: int = 0):
+        self.batch, self.runs = batch, runs
+        logits = functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std,
+                                   split=sharding.batch_split(mesh))
+        images = np.zeros(((runs,) if runs else ()) + (batch, 28, 28), np.uint8)
+        images = sharding.put(images, sharding.replicated(mesh))
+        self._logits = jax.jit(jax.vmap(logits) if runs else logits).lower(state, images).compile()
 
     def logits(self, state, split: DeviceSplit) -> np.ndarray:
-        """(n, classes) logits of the split's `n` real images."""
-        batches = [self._logits(state, split.images_NHW[i: i + self.batch]) for i in range(0, split.n, self.batch)]
-        return np.concatenate(jax.device_get(batches))[: split.n]
+        """([runs,] n, classes) logits of the split's `n` real images."""
+        batches = [self._logits(state, split.images_NHW[..., i: i + self.batch, :, :])
+                   for i in range(0, split.n, self.batch)]
+        return np.concatenate(jax.device_get(batches), axis=-2)[..., : split.n, :]
 
-    def accuracy(self, state, split: DeviceSplit) -> float:
-        return float(np.mean(self.logits(state, split).argmax(-1) == np.asarray(split.labels_N[: split.n])))
+    def accuracy(self, state, split: DeviceSplit) -> float | np.ndarray:
+        """The accuracy on `split` (one per run, with runs)."""
+        correct = self.logits(state, split).argmax(-1) == np.asarray(split.labels_N[..., : split.n])
+        return correct.mean(-1) if self.runs else float(np.mean(correct))
 
 
 class Trainer:
-    """A model, its optimiser and the compiled programs that train and evaluate it.
+    """A model, its optimiser and the compiled programs that train and evaluate it; or several seeds
+    of them side by side.
 
-    Construction builds the model and compiles everything (timed as `compile_seconds`), so that
-    `train_epoch` and `evaluate` measure steady-state work only.
+    The training images stay on the device once (`pool`); each epoch visits this run's training
+    indices `train_idx` in a seeded order. With `seeds`, every seed's model and optimiser state,
+    running metrics, image order, augmentation key and validation images gain a leading run axis
+    and the programs are `jax.vmap`ped over it (the pool and the test images are shared): the
+    same chunks, the same epoch loop, for one run or many. Construction builds the models and
+    compiles everything (timed as `compile_seconds`), so that the epochs measure steady-state work.
     """
 
-    def __init__(self, config: Config, train: data.Split, eval_splits: Sequence[data.Split]):
-        self.config = config
+    def __init__(self, config: Config, pool: data.Split, test: data.Split, seeds: Sequence[int] | None = None):
+        self.config, self.seeds = config, list(seeds) if seeds is not None else None
+        runs = len(self.seeds) if self.seeds is not None else 0
+        splits = [train_val_indices(config, len(pool), seed) for seed in (self.seeds or [config.seed])]
+        self.train_idx = np.stack([t for t, _ in splits]) if runs else splits[0][0]
         b = config.batch_size
-        self.n_train = len(train)
+        self.n_train = self.train_idx.shape[-1]
         self.full_steps, tail = divmod(self.n_train, b)
         self.steps_per_epoch = epoch_steps(self.n_train, b)
-        train_graphdef, eval_graphdef, state, self.params = init_run(config, self.steps_per_epoch)
-        augment_key = seed_streams(config.seed)[3]
+        inits = [init_run(dataclasses.replace(config, seed=seed), self.steps_per_epoch)
+                 for seed in (self.seeds or [config.seed])]
+        train_graphdef, eval_graphdef, _, self.params = inits[0]
+        state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(i[2] for i in inits)) if runs else inits[0][2]
+        keys = [seed_streams(seed)[3] for seed in (self.seeds or [config.seed])]
 
-        mesh = sharding.make_mesh(config.devices)
+        mesh = sharding.make_mesh(1 if runs else config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
         self.replicated = sharding.replicated(mesh)
         self.state = sharding.put(state, self.replicated)
-        self.train = DeviceSplit.put(train, self.replicated)
+        self.train = DeviceSplit.put(pool, self.replicated)
+        # Validation images differ per seed; the test images are every run's.
+        vals = [(pool.images_NHW[v], pool.labels_N[v]) for _, v in splits if len(v)]
+        eval_sets = [(test.images_NHW, test.labels_N)]
+        if vals:
+            eval_sets.append(tuple(np.stack(x) for x in zip(*vals)) if runs else vals[0])
+        if runs:
+            eval_sets[0] = tuple(np.broadcast_to(x, (runs, *x.shape)) for x in eval_sets[0])
         # A whole number of images per device, as evaluation batches are split like training ones.
-        eval_batch = -(-min(EVAL_BATCH, max(len(s) for s in eval_splits)) // mesh.size) * mesh.size
-        self.eval_splits = [DeviceSplit.put(s, self.replicated, eval_batch) for s in eval_splits]
+        eval_batch = -(-min(EVAL_BATCH, max(x.shape[-1] for _, x in eval_sets)) // mesh.size) * mesh.size
+        self.eval_splits = [DeviceSplit.put(data.Split(*x), self.replicated, eval_batch) for x in eval_sets]
 
         start = time.perf_counter()
-        norm = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh))
-        augment = dict(augmentation=augmentation(config), augment_key=augment_key)
-        order = self._shuffle(0)
-        step_args = (self.state, jnp.zeros(3), self.train.images_NHW, self.train.labels_N, order, np.int32(0))
-        self._chunk = self._compile(train_steps, train_graphdef, (*step_args, np.int32(1)), donate=(0, 1),
-                                    batch_size=b, **norm, **augment)
-        self._tail = tail and self._compile(train_step, train_graphdef, step_args, donate=(0, 1), batch_size=tail,
-                                            **norm, **augment)
-        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch)
+        step_options = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh),
+                            augmentation=augmentation(config))
+        step_args = (self.state, self.zero_metrics(), self.train.images_NHW, self.train.labels_N,
+                     self._shuffle(0), np.int32(0))
+        if runs:
+            keys = sharding.put(jnp.stack(keys), self.replicated)
+            programs = [_side_by_side(step, train_graphdef, keys, batch_size=size, **step_options)
+                        for step, size in ((train_steps, b), (train_step, tail))]
+        else:
+            programs = [functools.partial(step, train_graphdef, batch_size=size, augment_key=keys[0], **step_options)
+                        for step, size in ((train_steps, b), (train_step, tail))]
+        self._chunk = jax.jit(programs[0], donate_argnums=(0, 1)).lower(*step_args, np.int32(1)).compile()
+        self._tail = tail and jax.jit(programs[1], donate_argnums=(0, 1)).lower(*step_args).compile()
+        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch, runs)
         self.compile_seconds = time.perf_counter() - start
 
-    @staticmethod
-    def _compile(fn: Callable, graphdef, args: tuple, donate: tuple[int, ...] = (), **static):
-        """`fn` compiled for `args`, with `static` bound as constants of the program."""
-        return jax.jit(functools.partial(fn, graphdef, **static), donate_argnums=donate).lower(*args).compile()
-
     def _shuffle(self, epoch: int) -> jax.Array:
-        return sharding.put(epoch_order(self.config.seed, epoch, self.n_train), self.replicated)
+        """The pool indices epoch `epoch` visits, in order (per run, with seeds)."""
+        seeds = self.seeds or [self.config.seed]
+        orders = [np.asarray(epoch_order(seed, epoch, self.n_train)) for seed in seeds]
+        order = np.stack([t[o] for t, o in zip(self.train_idx, orders)]) if self.seeds else self.train_idx[orders[0]]
+        return sharding.put(order.astype(np.int32), self.replicated)
 
     def zero_metrics(self) -> jax.Array:
         """The running (sum of losses, correct predictions, images) of an epoch not yet begun."""
-        return sharding.put(np.zeros(3, np.float32), self.replicated)
+        return sharding.put(np.zeros(((len(self.seeds),) if self.seeds else ()) + (3,), np.float32), self.replicated)
 
     def chunks(self, epoch: int, start: int = 0, metrics: jax.Array | None = None,
                keep_last: bool = False) -> Iterator[tuple[int, jax.Array]]:
@@ -220,18 +250,41 @@ class Trainer:
             yield last, metrics
 
     def train_epoch(self, epoch: int) -> tuple[float, float, float]:
-        """Trains one whole epoch; returns (mean loss, accuracy, seconds) over its batches."""
+        """Trains one whole epoch; returns (mean loss, accuracy, seconds) over its batches (arrays
+        with one value per run, with seeds)."""
         start = time.perf_counter()
         *_, (_, metrics) = self.chunks(epoch)
-        loss_sum, correct, n = jax.device_get(metrics)
-        return float(loss_sum / n), float(correct / n), time.perf_counter() - start
+        loss_sum, correct, n = np.moveaxis(np.asarray(jax.device_get(metrics), np.float64), -1, 0)
+        if self.seeds is None:
+            loss_sum, correct, n = float(loss_sum), float(correct), float(n)
+        return loss_sum / n, correct / n, time.perf_counter() - start
 
-    def evaluate(self, split: DeviceSplit) -> float:
-        """Accuracy on `split` with BatchNorm's running statistics and no dropout."""
+    def evaluate(self, split: DeviceSplit) -> float | np.ndarray:
+        """Accuracy on `split` with BatchNorm's running statistics and no dropout (one per run, with seeds)."""
         return self.evaluator.accuracy(self.state, split)
 
     def checkpoint_arrays(self, metrics: jax.Array) -> dict:
         return {"state": self.state, "metrics": metrics}
+
+
+def _side_by_side(step: Callable, graphdef, keys: jax.Array, *, batch_size: int, **step_options) -> Callable:
+    """`step` for every run at once: `jax.vmap` over the state, metrics, order and augmentation key
+    (`keys`, one per run, constants of the program); the images and the step bounds are shared."""
+    def run(state, metrics, images, labels, order, *bounds):
+        def one(state, metrics, order, key):
+            return step(graphdef, state, metrics, images, labels, order, *bounds, batch_size=batch_size,
+                        augment_key=key, **step_options)
+        return jax.vmap(one)(state, metrics, order, keys)
+    return run
+
+
+def train_val_indices(config: Config, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run `seed`'s training and held-out image indices among `n` (`train_size` applied)."""
+    if config.val_size:
+        train_idx, val_idx = data.train_val_indices(n, config.val_size, seed)
+    else:
+        train_idx, val_idx = np.arange(n), np.arange(0)
+    return train_idx[: config.train_size], val_idx
 
 
 def init_run(config: Config, steps_per_epoch: int):
@@ -291,11 +344,7 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
     if dataset is None:
         dataset = data.load(config.dataset, config.data_dir, verify_checksums=config.verify_checksums)
     config.validate_sizes(len(dataset.train))
-    train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
-    if config.train_size is not None:
-        train = train.take(np.arange(config.train_size))
-    eval_splits = [dataset.test] if val is None else [dataset.test, val]
-    trainer = Trainer(config, train, eval_splits)
+    trainer = Trainer(config, dataset.train, dataset.test)
     return _Run(trainer, config, run_dir, resume, metrics_path, progress, should_stop).train()
 
 

@@ -26,7 +26,7 @@ def sgd_trainer(mnist: data.Dataset, devices: int, lr: float = LR) -> Trainer:
     # Plain SGD, not the recipe's Adam: see test_one_and_eight_devices_agree_step_by_step for why.
     config = dataclasses.replace(RECIPES["gap"], val_size=0, devices=devices, optimizer="sgd", lr=lr, momentum=0.0,
                                  schedule="constant", final_lr=0.0, clip_norm=None, weight_decay=0.0)
-    return Trainer(config, mnist.train.take(np.arange(6_400)), [mnist.test.take(np.arange(1_000))])
+    return Trainer(config, mnist.train.take(np.arange(6_400)), mnist.test.take(np.arange(1_000)))
 
 
 def one_step(trainer: Trainer, state, i: int):

@@ -132,12 +132,12 @@ def test_the_run_folder_holds_config_metrics_summary_and_checkpoints(trained_run
 
 def test_a_checkpoint_restores_the_exact_state(mnist, tmp_path):
     config = dataclasses.replace(RECIPES["gap"], val_size=0)
-    trainer = Trainer(config, mnist.train.take(np.arange(640)), [mnist.test.take(np.arange(500))])
+    trainer = Trainer(config, mnist.train.take(np.arange(640)), mnist.test.take(np.arange(500)))
     trainer.train_epoch(0)
     accuracy, saved = trainer.evaluate(trainer.eval_splits[0]), host(trainer.state)
     run_dir = RunDir(tmp_path / "run")
     run_dir.save(10, config, Position(1), trainer.checkpoint_arrays(trainer.zero_metrics()))
-    fresh = Trainer(config, mnist.train.take(np.arange(640)), [mnist.test.take(np.arange(500))])
+    fresh = Trainer(config, mnist.train.take(np.arange(640)), mnist.test.take(np.arange(500)))
     assert fresh.evaluate(fresh.eval_splits[0]) != accuracy
     fresh.state = run_dir.restore(10, fresh.checkpoint_arrays(fresh.zero_metrics()))["state"]
     run_dir.close()
