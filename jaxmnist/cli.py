@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from jaxmnist.config import OPTIMIZERS, SCHEDULES, Config
 from jaxmnist.data import DATA_DIR_ENV, DATASETS
 from jaxmnist.errors import ConfigError
 from jaxmnist.models import MODELS
+from jaxmnist.plot import require_matplotlib
 from jaxmnist.recipes import RECIPES
 
 _NONE = "none"  # spelling of None on the command line, for fields such as --clip-norm
@@ -34,7 +34,7 @@ _TYPES = {"int": int, "float": float, "str": str, "float | None": _optional(floa
           "str | None": str}
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """Usage errors as one line naming the fix, not the whole usage block of ~20 flags."""
 
     def error(self, message: str):
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m jaxmnist.train",
         description="Train a tiny MNIST model for its recipe's epochs and report test accuracy. "
                     "--arch picks the model and its recipe; every other flag overrides one field of it. "
@@ -119,18 +119,18 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("Invalid configuration: --resume continues the run kept in a folder: give that folder "
                           "with --checkpoint-dir DIR.")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError("Invalid configuration: --plot draws with matplotlib, which is not installed: "
-                          "pip install 'jaxmnist[plot]' (or matplotlib), or leave --plot out.")
+    if args.plot:
+        require_matplotlib("--plot")
     # A metrics log the user did not name goes into the run folder or beside the plot, checked with them.
     for flag, path in {"--json": args.json, "--plot": args.plot, "--metrics": args.metrics}.items():
         if path is not None:
-            _check_writable(flag, Path(path), folder=False)
+            check_writable(flag, Path(path))
     if args.checkpoint_dir:
-        _check_writable("--checkpoint-dir", Path(args.checkpoint_dir), folder=True)
+        check_writable("--checkpoint-dir", Path(args.checkpoint_dir), folder=True)
 
 
-def _check_writable(flag: str, path: Path, folder: bool) -> None:
+def check_writable(flag: str, path: Path, folder: bool = False, outcome: str = "Nothing was trained.") -> None:
+    """`path` (a file, or a `folder`) can be written: ConfigError naming the fix, ending in `outcome`."""
     path = path.expanduser()
     parent = path if folder and path.is_dir() else path.parent
     problem = None
@@ -143,7 +143,7 @@ def _check_writable(flag: str, path: Path, folder: bool) -> None:
     elif not os.access(parent, os.W_OK):
         problem = f"the folder {parent} is not writable: choose a path you can write to"
     if problem:
-        raise ConfigError(f"Invalid configuration: {flag} {path}: {problem}. Nothing was trained.")
+        raise ConfigError(f"Invalid configuration: {flag} {path}: {problem}. {outcome}")
 
 
 def run_config(args: argparse.Namespace, config: Config, run_dir: RunDir) -> Config:

@@ -62,6 +62,15 @@ _IDX_UBYTE = 0x08
 _NUM_CLASSES = 10
 
 
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                    "Ankle boot")
+
+
+def class_names(dataset: str) -> tuple[str, ...]:
+    """What each label means: the digit itself for MNIST, the garment for Fashion-MNIST."""
+    return _FASHION_CLASSES if dataset == "fashion_mnist" else tuple(str(k) for k in range(_NUM_CLASSES))
+
+
 def _fix_hint(dataset: str) -> str:
     return (
         f"Point jaxmnist at a folder holding the four IDX files of {dataset} ({', '.join(_FILES.values())}, "

@@ -192,8 +192,7 @@ class Trainer:
             eval_sets.append(tuple(np.stack(x) for x in zip(*vals)) if runs else vals[0])
         if runs:
             eval_sets[0] = tuple(np.broadcast_to(x, (runs, *x.shape)) for x in eval_sets[0])
-        # A whole number of images per device, as evaluation batches are split like training ones.
-        eval_batch = -(-min(EVAL_BATCH, max(x.shape[-1] for _, x in eval_sets)) // mesh.size) * mesh.size
+        eval_batch = eval_batch_size(max(x.shape[-1] for _, x in eval_sets), mesh.size)
         self.eval_splits = [DeviceSplit.put(data.Split(*x), self.replicated, eval_batch) for x in eval_sets]
 
         start = time.perf_counter()
@@ -297,6 +296,12 @@ def init_run(config: Config, steps_per_epoch: int):
     model.train()
     train_graphdef, state = nnx.split((model, optimizer))
     return train_graphdef, eval_graphdef, state, count_params(model)
+
+
+def eval_batch_size(largest_split: int, devices: int) -> int:
+    """Images per evaluation batch: at most EVAL_BATCH, and a whole number per device, as
+    evaluation batches are split like training ones."""
+    return -(-min(EVAL_BATCH, largest_split) // devices) * devices
 
 
 def epoch_steps(n_train: int, batch_size: int) -> int:
