@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--train-size", type=int, default=None, help="train on only N images: a smoke test")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="split each batch across the first N devices (default: all; --vmap runs on one)")
     parser.add_argument("--json", default="accuracy.json", help="where to write every run's summary")
     parser.add_argument("--vmap", action="store_true",
                         help="also train the seeds side by side in one program (jax.vmap) and report the throughput "
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.arch:
         summaries = []
         for seed in range(args.seeds):
-            config = dataclasses.replace(RECIPES[arch], seed=seed, data_dir=args.data_dir, train_size=args.train_size)
+            config = dataclasses.replace(RECIPES[arch], seed=seed, data_dir=args.data_dir, train_size=args.train_size,
+                                         devices=args.devices)
             result = fit(config, dataset, progress=False)
             summaries.append(report.summary(result))
             print(f"{arch} seed {seed}: test {result.test_accuracy:.2%}, {result.train_seconds:.2f} s", file=sys.stderr)

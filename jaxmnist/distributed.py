@@ -9,7 +9,7 @@ collectives are the ones XLA puts in the sharded program. Launch every host with
 - anywhere else, set `JAX_COORDINATOR_ADDRESS=host:port`, `JAX_NUM_PROCESSES` and
   `JAX_PROCESS_ID` in each process's environment (no flag needed).
 
-Without either, nothing happens: one process drives every local device, as on a TPU v2-8 VM.
+Without either, nothing happens: one process drives every local device, as on one TPU VM (a Kaggle v5e-8).
 """
 
 from __future__ import annotations

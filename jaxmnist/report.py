@@ -17,7 +17,7 @@ from jaxmnist.results import Result
 
 
 def device_description() -> str:
-    """What JAX runs on, e.g. "1 cpu device (AMD EPYC 7B13, 2 cores)" or "8 tpu devices (TPU v2)"."""
+    """What JAX runs on, e.g. "1 cpu device (AMD EPYC 7B13, 2 cores)" or "8 tpu devices (TPU v5 lite)"."""
     devices = jax.devices()
     kind = devices[0].device_kind
     if devices[0].platform == "cpu":

@@ -1,4 +1,4 @@
-"""One training program for 1 or N devices: 8 fake CPU devices stand in for a TPU v2-8."""
+"""One training program for 1 or N devices: 8 fake CPU devices stand in for 8 chips (a Kaggle TPU v5e-8)."""
 
 import dataclasses
 import json
@@ -82,7 +82,7 @@ def test_impossible_device_requests_are_refused_naming_the_fix(multidevice):
     assert "batch size of 60 images does not divide across 8 devices" in indivisible
 
 
-def test_the_scaled_preset_is_gap_at_64_images_per_core_of_eight():
+def test_the_scaled_preset_is_gap_at_64_images_per_device_of_eight():
     b512, gap = RECIPES["gap-b512"], RECIPES["gap"]
     assert dataclasses.replace(b512, batch_size=64, epochs=1, lr=gap.lr, final_lr=gap.final_lr) == gap
     assert b512.batch_size == 8 * 64 and (60_000 - b512.val_size) % b512.batch_size % 8 == 0  # last batch: 240
