@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxmnist.cache import CACHE_ENV
 from jaxmnist.checkpoint import METRICS_FILE, RunDir, resume_config
 from jaxmnist.config import OPTIMIZERS, SCHEDULES, Config
 from jaxmnist.data import DATA_DIR_ENV, DATASETS
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw the learning curves into a PNG at PATH when the run ends (the plot extra: "
                              "matplotlib); the metrics log goes beside it unless --metrics or --checkpoint-dir "
                              "says where")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help=f"JAX's persistent compilation cache, so that later runs skip compiling (default: "
+                             f"${CACHE_ENV}, else $XDG_CACHE_HOME/jaxmnist/xla); none turns it off")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 

@@ -29,6 +29,8 @@ class Result:
     train_images: int
     epochs: tuple[EpochResult, ...]
     compile_seconds: float
+    data_seconds: float = 0.0  # reading and checking the dataset
+    init_seconds: float = 0.0  # building the model and optimiser, placing state and data on the devices
 
     @property
     def test_accuracy(self) -> float:
@@ -41,6 +43,12 @@ class Result:
     @property
     def train_seconds(self) -> float:
         return sum(e.train_seconds for e in self.epochs)
+
+    @property
+    def phases(self) -> dict[str, float]:
+        """Where the run's time went, in seconds, from loading the data to the last evaluation."""
+        return {"data": self.data_seconds, "init": self.init_seconds, "compile": self.compile_seconds,
+                "train": self.train_seconds, "eval": sum(e.eval_seconds for e in self.epochs)}
 
     @property
     def images_per_second(self) -> float:

@@ -166,6 +166,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, pool: data.Split, test: data.Split, seeds: Sequence[int] | None = None):
+        start = time.perf_counter()
         self.config, self.seeds = config, list(seeds) if seeds is not None else None
         runs = len(self.seeds) if self.seeds is not None else 0
         splits = [train_val_indices(config, len(pool), seed) for seed in (self.seeds or [config.seed])]
@@ -194,6 +195,7 @@ class Trainer:
             eval_sets[0] = tuple(np.broadcast_to(x, (runs, *x.shape)) for x in eval_sets[0])
         eval_batch = eval_batch_size(max(x.shape[-1] for _, x in eval_sets), mesh.size)
         self.eval_splits = [DeviceSplit.put(data.Split(*x), self.replicated, eval_batch) for x in eval_sets]
+        self.init_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
         step_options = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh),
@@ -346,11 +348,14 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
     """
     config.validate()
     distributed.initialize(config.distributed)
+    start = time.perf_counter()
     if dataset is None:
         dataset = data.load(config.dataset, config.data_dir, verify_checksums=config.verify_checksums)
     config.validate_sizes(len(dataset.train))
+    data_seconds = time.perf_counter() - start
     trainer = Trainer(config, dataset.train, dataset.test)
-    return _Run(trainer, config, run_dir, resume, metrics_path, progress, should_stop).train()
+    result = _Run(trainer, config, run_dir, resume, metrics_path, progress, should_stop).train()
+    return dataclasses.replace(result, data_seconds=data_seconds, init_seconds=trainer.init_seconds)
 
 
 class _Run:
@@ -491,14 +496,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status: 0 done; 2 bad input; 3 diverged; 130 / 143 stopped by SIGINT / SIGTERM.
     """
-    from jaxmnist import cli
+    from jaxmnist import cache, cli
 
+    imports_seconds = report.process_seconds()
     args, config = cli.parse(argv)
     stop = _StopRequests()
     handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     run_dir = None
     try:
         cli.check_outputs(args)
+        cache.enable(args.cache_dir)
         if args.checkpoint_dir:
             run_dir = RunDir(args.checkpoint_dir, args.keep)
             config = cli.run_config(args, config, run_dir)
@@ -524,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not distributed.is_main_process():
         return 0
     summary = report.summary(result)
+    summary["phases"] = {"imports": imports_seconds, **summary["phases"]}
+    summary["wall_seconds"] = report.process_seconds()
     print(report.format_summary(summary))
     for path in (args.json, run_dir and run_dir.file(SUMMARY_FILE)):
         if path:

@@ -10,6 +10,14 @@ from jaxmnist import data
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the session's runs (subprocesses inherit it), not the user's."""
+    from jaxmnist.cache import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("xla-cache"))
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     # Absolute, as subprocesses and the notebook kernel run from other folders.
