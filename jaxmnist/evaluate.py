@@ -43,9 +43,10 @@ class LoadedRun:
     def config(self) -> Config:
         return self.saved.config
 
-    def evaluator(self, batch: int):
-        """The compiled inference program for batches of `batch` images (a multiple of the mesh size)."""
-        return Evaluator(self.config, self.eval_graphdef, self.state, self.mesh, batch)
+    def evaluator(self, batch: int, sizes: Sequence[int]):
+        """The compiled inference program for splits of `sizes` images in batches of `batch` (a
+        multiple of the mesh size)."""
+        return Evaluator(self.config, self.eval_graphdef, self.state, self.mesh, batch, sizes)
 
 
 def open_run_dir(path: str | Path) -> tuple[RunDir, Saved]:
@@ -111,8 +112,9 @@ class Evaluation:
 def evaluate(run: LoadedRun, test: data.Split) -> Evaluation:
     """Runs the test split through the run's model, in the batches training evaluated it in."""
     # The batch training evaluated in (its splits: test and validation): the same program, the same logits.
-    evaluator = run.evaluator(eval_batch_size(max(len(test), run.config.val_size), run.mesh.size))
-    split = DeviceSplit.put(test, sharding.replicated(run.mesh), evaluator.batch)
+    batch = eval_batch_size(max(len(test), run.config.val_size), run.mesh.size)
+    split = DeviceSplit.put(test, sharding.replicated(run.mesh), batch)
+    evaluator = run.evaluator(batch, [len(split.labels_N)])
     logits_NK = evaluator.logits(run.state, split)
     # `Evaluator.accuracy`'s own expression, on these logits rather than on a second pass over the split.
     accuracy = float(np.mean(logits_NK.argmax(-1) == test.labels_N))

@@ -92,7 +92,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def predict(run: LoadedRun, images_NHW: np.ndarray) -> np.ndarray:
     """Class probabilities (softmax of the logits) of uint8 images `images_NHW` under `run`'s model."""
     n = run.mesh.size
-    evaluator = run.evaluator(-(-len(images_NHW) // n) * n)
+    evaluator = run.evaluator(-(-len(images_NHW) // n) * n, [len(images_NHW)])
     split = data.Split(images_NHW, np.zeros(len(images_NHW), np.int32))
     logits_NK = evaluator.logits(run.state, DeviceSplit.put(split, sharding.replicated(run.mesh), evaluator.batch))
     return np.asarray(jax.nn.softmax(logits_NK, axis=-1))

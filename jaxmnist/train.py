@@ -34,7 +34,7 @@ from jaxmnist.models import build, count_params
 from jaxmnist.optim import make_optimizer, make_schedule
 from jaxmnist.results import EpochResult, Result
 
-EVAL_BATCH = 2_000
+EVAL_BATCH = 100  # images per evaluation step: small enough for the activations to stay in cache
 PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
 # A chunk's mean loss above this, or a non-finite one, stops the run as diverged: guessing uniformly
 # among 10 classes costs 2.3, so no run that learns comes near it, and one that blew up (--lr 1e6
@@ -127,25 +127,37 @@ class DeviceSplit:
 
 
 class Evaluator:
-    """The compiled inference program: a split's logits in batches of `batch` images.
+    """The compiled inference programs: a whole split's logits in one dispatch, computed in batches
+    of `batch` images one after another (`lax.map`); one program per split size in `sizes`.
 
-    Training and `jaxmnist.evaluate` share it, so that both report the same accuracy to the last
-    digit. With `runs`, the state and the split's images have a leading run axis (`jax.vmap`).
+    Small batches keep the activations in cache: gap's 10,000 test images took 0.67 s in batches of
+    100 against 1.48 s in a Python loop over batches of 2,000, with the same logits to the bit
+    (a busy 2-core Intel Xeon; benchmarks/endtoend.py times it in whole runs). Training and `jaxmnist.evaluate` share
+    it, so that both report the same accuracy to the last digit. With `runs`, the state and the
+    split's images have a leading run axis (`jax.vmap`).
     """
 
-    def __init__(self, config: Config, eval_graphdef, state, mesh: jax.sharding.Mesh, batch: int, runs: int = 0):
+    def __init__(self, config: Config, eval_graphdef, state, mesh: jax.sharding.Mesh, batch: int,
+                 sizes: Sequence[int], runs: int = 0):
         self.batch, self.runs = batch, runs
         logits = functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std,
                                    split=sharding.batch_split(mesh))
-        images = np.zeros(((runs,) if runs else ()) + (batch, 28, 28), np.uint8)
-        images = sharding.put(images, sharding.replicated(mesh))
-        self._logits = jax.jit(jax.vmap(logits) if runs else logits).lower(state, images).compile()
+
+        def split_logits(state, images_NHW):
+            batches = images_NHW.reshape(-1, batch, *images_NHW.shape[1:])
+            return jax.lax.map(lambda x: logits(state, x), batches).reshape(images_NHW.shape[0], -1)
+
+        program = jax.jit(jax.vmap(split_logits) if runs else split_logits)
+        self._programs = {}
+        for n in sizes:
+            images = np.zeros(((runs,) if runs else ()) + (-(-n // batch) * batch, 28, 28), np.uint8)
+            images = sharding.put(images, sharding.replicated(mesh))
+            self._programs[images.shape[-3]] = program.lower(state, images).compile()
 
     def logits(self, state, split: DeviceSplit) -> np.ndarray:
         """([runs,] n, classes) logits of the split's `n` real images."""
-        batches = [self._logits(state, split.images_NHW[..., i: i + self.batch, :, :])
-                   for i in range(0, split.n, self.batch)]
-        return np.concatenate(jax.device_get(batches), axis=-2)[..., : split.n, :]
+        logits = self._programs[split.images_NHW.shape[-3]](state, split.images_NHW)
+        return np.asarray(jax.device_get(logits))[..., : split.n, :]
 
     def accuracy(self, state, split: DeviceSplit) -> float | np.ndarray:
         """The accuracy on `split` (one per run, with runs)."""
@@ -211,7 +223,8 @@ class Trainer:
                         for step, size in ((train_steps, b), (train_step, tail))]
         self._chunk = jax.jit(programs[0], donate_argnums=(0, 1)).lower(*step_args, np.int32(1)).compile()
         self._tail = tail and jax.jit(programs[1], donate_argnums=(0, 1)).lower(*step_args).compile()
-        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch, runs)
+        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch,
+                                   [s.labels_N.shape[-1] for s in self.eval_splits], runs)
         self.compile_seconds = time.perf_counter() - start
 
     def _shuffle(self, epoch: int) -> jax.Array:
