@@ -1,6 +1,9 @@
 """The benchmark scripts that double as checks."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,8 @@ def test_params_exits_non_zero_when_a_count_is_off(monkeypatch, capsys):
     assert "gap: 24,048 parameters, its write-up documents 24049" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["accuracy", "augmentation", "checkpoints", "compare", "layer_costs", "scan_repro"])
+@pytest.mark.parametrize("script", ["accuracy", "augmentation", "checkpoints", "compare", "endtoend", "layer_costs",
+                                    "scan_repro", "torch_plain"])
 def test_benchmark_scripts_parse_their_arguments(script):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(["--help"])
@@ -50,3 +54,18 @@ def test_augmentation_grid_is_written(mnist_dir, tmp_path):
     assert load("augmentation").main(["--pairs", "0", "--png", str(png), "--data-dir", str(mnist_dir)]) == 0
     with Image.open(png) as image:
         assert image.width > 400 and image.height > 300
+
+
+def test_torch_plain_runs_and_reports_its_phases(mnist_dir, tmp_path):
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    out = tmp_path / "torch.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "torch_plain.py"), "--arch", "fc", "--data-dir",
+                           str(mnist_dir), "--train-size", "640", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    phases = result["phases"]
+    assert set(phases) == {"imports", "data", "init", "compile", "train", "eval", "total"}
+    assert 0 <= result["test_accuracy"] <= 1 and result["val_accuracy"] is None
+    assert phases["total"] == result["wall_seconds"] >= sum(v for k, v in phases.items() if k != "total") > 0
