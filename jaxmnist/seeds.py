@@ -102,7 +102,7 @@ def train_val_indices(config: Config, n: int, seed: int) -> tuple[np.ndarray, np
 
 def _compile(config, train_graphdef, eval_graphdef, state, images, labels, order, keys, tail, mesh) -> _Program:
     step_options = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh),
-                        augmentation=train.augmentation(config))
+                        augmentation=train.augmentation(config), label_smoothing=config.label_smoothing)
 
     def vmapped(step, batch_size):
         def run(state, metrics, images, labels, order, keys, *bounds):

@@ -27,7 +27,7 @@ from jaxmnist import data, distributed, sharding
 from jaxmnist.augment import Augmentation
 from jaxmnist.config import Config
 from jaxmnist.models import build, count_params
-from jaxmnist.optim import make_optimizer
+from jaxmnist.optim import averaged_params, make_optimizer
 
 EVAL_BATCH = 2_000
 PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
@@ -46,14 +46,18 @@ def normalize(pixels_BHW: jax.Array, mean: float, std: float) -> jax.Array:
     return ((pixels_BHW - mean) / std)[..., None]
 
 
-def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array, *,
+            label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
     logits_BK = model(x_BHWC)
+    if label_smoothing:
+        targets_BK = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BK.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits_BK, targets_BK).mean(), logits_BK
     return optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean(), logits_BK
 
 
 def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start, *, batch_size: int, mean: float,
                std: float, split: NamedSharding, augmentation: Augmentation = NO_AUGMENTATION,
-               augment_key: jax.Array | None = None):
+               augment_key: jax.Array | None = None, label_smoothing: float = 0.0):
     """One optimiser step on the batch `order_N[start:start + batch_size]`, split across devices
     as `split` says (the data, state and metrics are replicated).
 
@@ -67,7 +71,7 @@ def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start,
     pixels_BHW = to_unit(images_NHW[idx_B])
     if augmentation.active:
         pixels_BHW = augmentation(jax.random.fold_in(augment_key, optimizer.step[...]), pixels_BHW)
-    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = nnx.value_and_grad(functools.partial(loss_fn, label_smoothing=label_smoothing), has_aux=True)
     (loss, logits_BK), grads = grad_fn(model, normalize(pixels_BHW, mean, std), labels_B)
     optimizer.update(model, grads)
     correct = (logits_BK.argmax(-1) == labels_B).sum()
@@ -95,7 +99,9 @@ def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first
 def eval_step(graphdef, state, images_EHW, labels_E, n_valid, *, mean: float, std: float,
               split: NamedSharding) -> jax.Array:
     """Correct predictions among the first `n_valid` of a (padded) evaluation batch."""
-    model, _ = nnx.merge(graphdef, state)
+    model, optimizer = nnx.merge(graphdef, state)
+    if (average := averaged_params(optimizer.opt_state)) is not None:  # the recipe evaluates a weight average
+        nnx.update(model, average)
     images_EHW = jax.lax.with_sharding_constraint(images_EHW, split)
     logits_EK = model(normalize(to_unit(images_EHW), mean, std))
     valid_E = jnp.arange(labels_E.shape[0]) < n_valid
@@ -185,7 +191,8 @@ class Trainer:
 
         start = time.perf_counter()
         norm = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh))
-        augment = dict(augmentation=augmentation(config), augment_key=augment_key)
+        augment = dict(augmentation=augmentation(config), augment_key=augment_key,
+                       label_smoothing=config.label_smoothing)
         order = self._shuffle(0)
         step_args = (self.state, jnp.zeros(3), self.train.images_NHW, self.train.labels_N, order, np.int32(0))
         self._chunk = self._compile(train_steps, train_graphdef, (*step_args, np.int32(1)), donate=(0, 1),
