@@ -28,7 +28,7 @@ def test_params_exits_non_zero_when_a_count_is_off(monkeypatch, capsys):
     assert "gap: 24,048 parameters, its write-up documents 24049" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["accuracy", "augmentation", "compare", "layer_costs", "scan_repro"])
+@pytest.mark.parametrize("script", ["accuracy", "augmentation", "compare", "layer_costs", "scan_repro", "record"])
 def test_benchmark_scripts_parse_their_arguments(script):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(["--help"])
@@ -50,3 +50,20 @@ def test_augmentation_grid_is_written(mnist_dir, tmp_path):
     assert load("augmentation").main(["--pairs", "0", "--png", str(png), "--data-dir", str(mnist_dir)]) == 0
     with Image.open(png) as image:
         assert image.width > 400 and image.height > 300
+
+
+def test_record_ablations_report_validation_only_and_final_reports_test(mnist_dir, tmp_path, capsys):
+    import json
+
+    record = load("record")
+    out = tmp_path / "ablations.json"
+    assert record.main(["--rows", "base", "ema 0.99", "--seeds", "2", "--train-size", "640", "--data-dir",
+                        str(mnist_dir), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| lever | params | seeds | val mean |" in text and "| ema 0.99 | 24,938 | 2 |" in text
+    assert "test" not in text.replace("the record recipe: ablations", "")
+    runs = json.loads(out.read_text())
+    assert len(runs) == 4 and all("test_accuracy" not in json.dumps(r) for r in runs)
+    assert record.main(["--final", "--seeds", "1", "--train-size", "640", "--data-dir", str(mnist_dir), "--json",
+                        str(tmp_path / "final.json")]) == 0
+    assert "| record | gap4 | 24,938 | 1 |" in capsys.readouterr().out
