@@ -78,6 +78,14 @@ ROWS |= {
     "ls 0.1 + linear, bn momentum 0.05": KEPT | dict(arch="gap4-bn05"),
     "ls 0.1 + linear, no clip, no L2": KEPT | dict(clip_norm=None, weight_decay=0.0),
 }
+# Third round: the second round's winners together (each was up on 4/5 seeds or more), then the
+# next peak learning rate, and the same recipe on 48,000 of the 54,000 images (does more data help?).
+KEPT2 = KEPT | dict(batch_size=32, b1=0.7, b2=0.9)
+ROWS |= {
+    "ls 0.1 + linear, batch 32, b1 0.7, b2 0.9": KEPT2,
+    "... + lr 0.025": KEPT2 | dict(lr=0.025),
+    "..., 48k training images": KEPT2 | dict(train_size=48_000),
+}
 
 
 def run(config, seeds, dataset) -> list[dict]:
