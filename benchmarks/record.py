@@ -85,6 +85,7 @@ ROWS |= {
     "ls 0.1 + linear, batch 32, b1 0.7, b2 0.9": KEPT2,
     "... + lr 0.025": KEPT2 | dict(lr=0.025),
     "..., 48k training images": KEPT2 | dict(train_size=48_000),
+    "the same levers on gap": KEPT2 | dict(arch="gap", dropout=0.1),
 }
 
 
