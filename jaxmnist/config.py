@@ -92,7 +92,8 @@ class Config:
             (0 <= self.crop_p <= 1, f"crop_p is {self.crop_p}: a probability must lie in [0, 1]"),
             (1 <= self.crop_size <= 28, f"crop_size is {self.crop_size}: use a crop side between 1 and 28 pixels"),
             (0 <= self.momentum < 1, f"momentum is {self.momentum}: it must lie in [0, 1)"),
-            (0 <= self.b1 < 1 and 0 <= self.b2 < 1, f"b1, b2 are {self.b1}, {self.b2}: Adam's betas must lie in [0, 1)"),
+            (0 <= self.b1 < 1 and 0 <= self.b2 < 1,
+             f"b1, b2 are {self.b1}, {self.b2}: Adam's betas must lie in [0, 1)"),
             (self.schedule != "onecycle" or self.b1 == 0.9,
              f"b1 is {self.b1} but the onecycle schedule cycles Adam's beta1 (0.95-0.85): leave b1 at 0.9, or choose "
              "another schedule"),

@@ -13,8 +13,8 @@ from flax import nnx
 from jaxmnist import cli, data, report, sharding
 from jaxmnist.config import Config
 from jaxmnist.models import DOCUMENTED_PARAMS
-from jaxmnist.recipes import RECIPES
 from jaxmnist.optim import averaged_params
+from jaxmnist.recipes import RECIPES
 from jaxmnist.train import Trainer, epoch_order, epoch_steps, eval_step, fit, init_run, loss_fn, main
 
 JSON_KEYS = {"arch", "params", "seed", "epochs", "test_accuracy", "val_accuracy", "train_seconds",
@@ -228,7 +228,8 @@ def test_evaluation_uses_the_weight_average_where_the_recipe_keeps_one(mnist):
         correct[ema] = int(step(state, images, labels, 500))
     assert correct[None] == correct[0.99] != int((labels == 0).sum())
     model, optimizer = nnx.merge(eval_graphdef, state)
-    for variable in jax.tree.leaves(averaged_params(optimizer.opt_state), is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    average = averaged_params(optimizer.opt_state)
+    for variable in jax.tree.leaves(average, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         variable[...] = jnp.zeros_like(variable[...])
     assert np.abs(model.conv1.kernel[...]).sum() > 0
     assert int(step(nnx.split((model, optimizer))[1], images, labels, 500)) == int((labels == 0).sum())
