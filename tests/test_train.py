@@ -49,6 +49,17 @@ def test_recipes_are_valid_and_the_gap_recipe_is_the_documented_one():
     assert (RECIPES["fc"].batch_size, RECIPES["fc"].dropout, RECIPES["fc"].val_size) == (64, 0.3, 0)
 
 
+def test_record_recipe_is_the_one_chosen_on_validation():
+    record = RECIPES["record"]
+    assert record == RECIPES["gap4"] and cli.parse(["--recipe", "record"])[1] == record
+    assert (record.arch, record.epochs, record.val_size, record.batch_size, record.lr, record.b1, record.b2) == (
+        "gap4", 1, 0, 32, 0.015, 0.7, 0.9)
+    assert (record.schedule, record.warmup, record.final_lr, record.label_smoothing, record.ema) == (
+        "linear", 0.2, 0.0, 0.1, None)
+    assert (record.weight_decay, record.clip_norm, record.rotate, record.translate, record.crop_p) == (
+        1e-4, 1.0, 0.0, 0.0, 0.0)
+
+
 def test_seed_zoo_recipes_are_the_documented_ones():
     conv6, under20k, res8k = RECIPES["conv6"], RECIPES["under20k"], RECIPES["res8k"]
     crop_and_rotate = (15.0, 0.1, 22, 0.0, 0.0)
