@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="recipes to run: each architecture's own, or a preset such as gap-b512")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--dataset", default="mnist", choices=data.DATASETS, help="the dataset every recipe trains on")
     parser.add_argument("--train-size", type=int, default=None, help="train on only N images: a smoke test")
     parser.add_argument("--devices", type=int, default=None,
                         help="split each batch across the first N devices (default: all; --vmap runs on one)")
@@ -55,19 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(report.benchmark_header("accuracy over seeds"))
-    dataset = data.load("mnist", args.data_dir)
+    dataset = data.load(args.dataset, args.data_dir)
     rows, runs, side_by_side = [], [], []
     for arch in args.arch:
         summaries = []
         for seed in range(args.seeds):
             config = dataclasses.replace(RECIPES[arch], seed=seed, data_dir=args.data_dir, train_size=args.train_size,
-                                         devices=args.devices)
+                                         devices=args.devices, dataset=args.dataset)
             result = fit(config, dataset, progress=False)
             summaries.append(report.summary(result))
             print(f"{arch} seed {seed}: test {result.test_accuracy:.2%}, {result.train_seconds:.2f} s", file=sys.stderr)
         runs += summaries
         if args.vmap:
-            config = dataclasses.replace(RECIPES[arch], data_dir=args.data_dir, train_size=args.train_size)
+            config = dataclasses.replace(RECIPES[arch], data_dir=args.data_dir, train_size=args.train_size,
+                                         dataset=args.dataset)
             together = [report.summary(r) for r in fit_seeds(config, range(args.seeds), dataset)]
             print(f"{arch} seeds side by side: {together[0]['train_seconds']:.2f} s", file=sys.stderr)
             side_by_side.append(vmap_row(arch, summaries, together))

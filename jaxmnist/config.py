@@ -13,7 +13,7 @@ from dataclasses import field
 from jaxmnist.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine", "step", "onecycle")
+SCHEDULES = ("constant", "cosine", "step", "onecycle", "linear")
 
 
 def _help(text: str, default=dataclasses.MISSING):
@@ -41,11 +41,18 @@ class Config:
     lr: float = _help("peak learning rate", 1e-3)
     schedule: str = _help("learning-rate schedule, stepped per batch: constant; cosine decay from lr to final_lr; "
                           "step (StepLR: x decay_factor every decay_epochs); onecycle (PyTorch's OneCycleLR "
-                          "peaking at lr, momentum cycled 0.95-0.85)", "constant")
-    final_lr: float = _help("learning rate at the end of a cosine schedule", 0.0)
+                          "peaking at lr, momentum cycled 0.95-0.85); linear decay from lr to final_lr", "constant")
+    final_lr: float = _help("learning rate at the end of a cosine or linear schedule", 0.0)
+    warmup: float = _help("cosine and linear schedules: fraction of the run's steps spent warming up linearly "
+                          "from 0 to lr first", 0.0)
     decay_epochs: int = _help("step schedule: epochs between decays (StepLR's step_size)", 15)
     decay_factor: float = _help("step schedule: factor applied at each decay (StepLR's gamma)", 0.1)
     momentum: float = _help("SGD momentum", 0.9)
+    b1: float = _help("Adam's beta1 (the onecycle schedule cycles it instead)", 0.9)
+    b2: float = _help("Adam's beta2", 0.999)
+    label_smoothing: float = _help("train on labels smoothed by this much (optax.smooth_labels); 0: off", 0.0)
+    ema: float | None = _help("evaluate an exponential moving average of the weights with this decay per step "
+                              "(none: the weights themselves)", None)
     weight_decay: float = _help("L2 term added to the gradient, as PyTorch's optimisers do (not AdamW)", 0.0)
     clip_norm: float | None = _help("clip gradients to this global norm before the optimiser (none: off)", None)
     rotate: float = _help("augmentation: random rotation within +-this many degrees", 0.0)
@@ -92,6 +99,17 @@ class Config:
             (0 <= self.crop_p <= 1, f"crop_p is {self.crop_p}: a probability must lie in [0, 1]"),
             (1 <= self.crop_size <= 28, f"crop_size is {self.crop_size}: use a crop side between 1 and 28 pixels"),
             (0 <= self.momentum < 1, f"momentum is {self.momentum}: it must lie in [0, 1)"),
+            (0 <= self.b1 < 1 and 0 <= self.b2 < 1,
+             f"b1, b2 are {self.b1}, {self.b2}: Adam's betas must lie in [0, 1)"),
+            (self.schedule != "onecycle" or self.b1 == 0.9,
+             f"b1 is {self.b1} but the onecycle schedule cycles Adam's beta1 (0.95-0.85): leave b1 at 0.9, or choose "
+             "another schedule"),
+            (0 <= self.warmup < 1, f"warmup is {self.warmup}: use a fraction of the run in [0, 1)"),
+            (self.warmup == 0 or self.schedule in ("cosine", "linear"),
+             f"warmup is {self.warmup} but the {self.schedule} schedule has none: use cosine or linear, or warmup 0"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing is {self.label_smoothing}: it must lie in [0, 1)"),
+            (self.ema is None or 0 < self.ema < 1,
+             f"ema is {self.ema}: use a decay in (0, 1), e.g. 0.99, or none to evaluate the weights themselves"),
             (self.weight_decay >= 0, f"weight decay is {self.weight_decay}: it must be 0 or positive"),
             (self.clip_norm is None or self.clip_norm > 0,
              f"clip_norm is {self.clip_norm}: use a positive norm, or none to turn clipping off"),

@@ -40,9 +40,10 @@ def linear(din: int, dout: int, *, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
                       rngs=rngs)
 
 
-def batch_norm(channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """`nn.BatchNorm2d(channels)`: PyTorch's momentum 0.1 is Flax's 0.9; epsilon 1e-5 in both."""
-    return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
+def batch_norm(channels: int, *, momentum: float = 0.1, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """`nn.BatchNorm2d(channels, momentum=momentum)`: PyTorch's momentum m (default 0.1) is Flax's
+    1 - m (0.9); epsilon 1e-5 in both."""
+    return nnx.BatchNorm(channels, momentum=1 - momentum, epsilon=1e-5, rngs=rngs)
 
 
 def max_pool_2x2(x_BHWC: jax.Array) -> jax.Array:

@@ -1,5 +1,9 @@
 """The optimiser of a recipe, as an optax chain in the order PyTorch applies the same steps."""
 
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from jaxmnist.config import Config
@@ -14,8 +18,15 @@ ONECYCLE_MOMENTUM = (0.95, 0.85)
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     """The learning rate at each step of a run of `config.epochs` epochs, stepped per batch."""
     total_steps = steps_per_epoch * config.epochs
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.lr, total_steps, alpha=config.final_lr / config.lr)
+    if config.schedule in ("cosine", "linear"):  # after `warmup` steps from 0 up to lr, if any
+        warmup = int(config.warmup * total_steps)
+        if config.schedule == "cosine":
+            decay = optax.cosine_decay_schedule(config.lr, total_steps - warmup, alpha=config.final_lr / config.lr)
+        else:
+            decay = optax.linear_schedule(config.lr, config.final_lr, total_steps - warmup)
+        if warmup:
+            return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+        return decay
     if config.schedule == "step":  # StepLR(step_size=decay_epochs, gamma=decay_factor), stepped per epoch
         return optax.exponential_decay(config.lr, config.decay_epochs * steps_per_epoch, config.decay_factor,
                                        staircase=True)
@@ -38,7 +49,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
     if config.optimizer == "sgd":
         update, hyper["momentum"] = optax.sgd, config.momentum or None
     else:
-        update = optax.adam
+        update, hyper["b1"], hyper["b2"] = optax.adam, config.b1, config.b2
     if config.schedule == "onecycle":
         hyper["momentum" if config.optimizer == "sgd" else "b1"] = onecycle_momentum(steps_per_epoch * config.epochs)
         update = optax.inject_hyperparams(update)
@@ -46,4 +57,37 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
         optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
         optax.add_decayed_weights(config.weight_decay) if config.weight_decay else optax.identity(),
         update(**hyper),
+        params_ema(config.ema) if config.ema else optax.identity(),
     )
+
+
+class ParamsEmaState(NamedTuple):
+    count: jax.Array
+    ema: optax.Params
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """Keeps an exponential moving average of the parameters after each step; the updates pass unchanged.
+
+    Place it last in a chain: it sees the final updates and the parameters they apply to, and
+    averages `params + updates`. The decay warms up as min(decay, (1 + t) / (10 + t)) at step t,
+    as TensorFlow's ExponentialMovingAverage with `num_updates` does, so that the average of a
+    short run is not dominated by the initial weights. `averaged_params` reads the average back.
+    """
+    def init(params):
+        return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+
+    def update(updates, state, params):
+        count = optax.safe_increment(state.count)
+        d = jnp.minimum(decay, (1.0 + count) / (10.0 + count))
+        ema = optax.incremental_update(optax.apply_updates(params, updates), state.ema, 1.0 - d)
+        return updates, ParamsEmaState(count, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def averaged_params(opt_state) -> optax.Params | None:
+    """The weight average `params_ema` keeps in `opt_state` (any chain), or None without one."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
+             if isinstance(s, ParamsEmaState)]
+    return found[0].ema if found else None

@@ -31,7 +31,7 @@ from jaxmnist.checkpoint import SUMMARY_FILE, MetricsLog, Position, RunDir, writ
 from jaxmnist.config import Config
 from jaxmnist.errors import Diverged, Interrupted, JaxMnistError
 from jaxmnist.models import build, count_params
-from jaxmnist.optim import make_optimizer, make_schedule
+from jaxmnist.optim import averaged_params, make_optimizer, make_schedule
 from jaxmnist.results import EpochResult, Result
 
 EVAL_BATCH = 100  # images per evaluation step: small enough for the activations to stay in cache
@@ -55,14 +55,18 @@ def normalize(pixels_BHW: jax.Array, mean: float, std: float) -> jax.Array:
     return ((pixels_BHW - mean) / std)[..., None]
 
 
-def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array, *,
+            label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
     logits_BK = model(x_BHWC)
+    if label_smoothing:
+        targets_BK = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BK.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits_BK, targets_BK).mean(), logits_BK
     return optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean(), logits_BK
 
 
 def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start, *, batch_size: int, mean: float,
                std: float, split: NamedSharding, augmentation: Augmentation = NO_AUGMENTATION,
-               augment_key: jax.Array | None = None):
+               augment_key: jax.Array | None = None, label_smoothing: float = 0.0):
     """One optimiser step on the batch `order_N[start:start + batch_size]`, split across devices
     as `split` says (the data, state and metrics are replicated).
 
@@ -76,7 +80,7 @@ def train_step(graphdef, state, metrics_3, images_NHW, labels_N, order_N, start,
     pixels_BHW = to_unit(images_NHW[idx_B])
     if augmentation.active:
         pixels_BHW = augmentation(jax.random.fold_in(augment_key, optimizer.step[...]), pixels_BHW)
-    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = nnx.value_and_grad(functools.partial(loss_fn, label_smoothing=label_smoothing), has_aux=True)
     (loss, logits_BK), grads = grad_fn(model, normalize(pixels_BHW, mean, std), labels_B)
     optimizer.update(model, grads)
     correct = (logits_BK.argmax(-1) == labels_B).sum()
@@ -102,8 +106,11 @@ def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first
 
 
 def logits_step(graphdef, state, images_EHW, *, mean: float, std: float, split: NamedSharding) -> jax.Array:
-    """The logits of an evaluation batch, with BatchNorm's running statistics and no dropout."""
-    model, _ = nnx.merge(graphdef, state)
+    """The logits of an evaluation batch, with BatchNorm's running statistics and no dropout (and the
+    weight average, where the recipe keeps one)."""
+    model, optimizer = nnx.merge(graphdef, state)
+    if (average := averaged_params(optimizer.opt_state)) is not None:
+        nnx.update(model, average)
     images_EHW = jax.lax.with_sharding_constraint(images_EHW, split)
     return model(normalize(to_unit(images_EHW), mean, std))
 
@@ -211,7 +218,7 @@ class Trainer:
 
         start = time.perf_counter()
         step_options = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh),
-                            augmentation=augmentation(config))
+                            augmentation=augmentation(config), label_smoothing=config.label_smoothing)
         step_args = (self.state, self.zero_metrics(), self.train.images_NHW, self.train.labels_N,
                      self._shuffle(0), np.int32(0))
         if runs:

@@ -32,7 +32,7 @@ def test_params_exits_non_zero_when_a_count_is_off(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("script", ["accuracy", "augmentation", "checkpoints", "compare", "endtoend", "layer_costs",
-                                    "scan_repro", "torch_plain"])
+                                    "record", "scan_repro", "torch_plain"])
 def test_benchmark_scripts_parse_their_arguments(script):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(["--help"])
@@ -69,3 +69,18 @@ def test_torch_plain_runs_and_reports_its_phases(mnist_dir, tmp_path):
     assert set(phases) == {"imports", "data", "init", "compile", "train", "eval", "total"}
     assert 0 <= result["test_accuracy"] <= 1 and result["val_accuracy"] is None
     assert phases["total"] == result["wall_seconds"] >= sum(v for k, v in phases.items() if k != "total") > 0
+
+
+def test_record_ablations_report_validation_only_and_final_reports_test(mnist_dir, tmp_path, capsys):
+    record = load("record")
+    out = tmp_path / "ablations.json"
+    assert record.main(["--rows", "base", "ema 0.99", "--seeds", "2", "--train-size", "640", "--data-dir",
+                        str(mnist_dir), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| lever | params | seeds | val mean |" in text and "| ema 0.99 | 24,938 | 2 |" in text
+    assert "test" not in text[text.index("| lever"):]  # the header names the command, which may say "test"
+    runs = json.loads(out.read_text())
+    assert len(runs) == 4 and all("test_accuracy" not in json.dumps(r) for r in runs)
+    assert record.main(["--final", "--seeds", "1", "--train-size", "640", "--data-dir", str(mnist_dir), "--json",
+                        str(tmp_path / "final.json")]) == 0
+    assert "| record | gap4 | 24,938 | 1 |" in capsys.readouterr().out

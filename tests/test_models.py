@@ -18,7 +18,7 @@ def abstract(arch):
 
 
 @pytest.mark.parametrize("arch, expected", [("fc", 24_714), ("gap", 24_048), ("conv6", 24_498), ("under20k", 13_562),
-                                            ("res8k", 8_530)])
+                                            ("res8k", 8_530), ("gap4", 24_938)])
 def test_exact_parameter_counts(arch, expected):
     assert count_params(abstract(arch)) == expected == DOCUMENTED_PARAMS[arch]
 
@@ -51,7 +51,7 @@ def test_train_mode_is_stochastic_where_there_is_dropout_and_eval_mode_is_not(ar
     x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
     model = make(arch)
     model.train()
-    if has_dropout(arch):
+    if has_dropout(arch) and model.dropout.rate > 0:
         assert not np.allclose(model(x), model(x)), "dropout should draw a new mask on each call"
     else:
         np.testing.assert_array_equal(model(x), model(x))
@@ -60,7 +60,7 @@ def test_train_mode_is_stochastic_where_there_is_dropout_and_eval_mode_is_not(ar
 
 
 def test_dropout_is_settable_only_where_the_original_has_it():
-    assert {arch for arch in MODELS if has_dropout(arch)} == {"fc", "gap", "res8k"}
+    assert {arch for arch in MODELS if has_dropout(arch)} == {"fc", "gap", "res8k", "gap4"}
     assert build("res8k", rngs=nnx.Rngs(0)).dropout.rate == 0.03
     assert build("res8k", dropout=0.2, rngs=nnx.Rngs(0)).dropout.rate == 0.2
     with pytest.raises(TypeError):
@@ -72,6 +72,7 @@ CONV_OUTPUTS = {
     "conv6": [(26, 26, 8), (24, 24, 16), (22, 22, 28), (11, 11, 8), (9, 9, 16), (7, 7, 28)],
     "under20k": [(26, 26, 8), (24, 24, 16), (22, 22, 28), (22, 22, 8), (9, 9, 16), (7, 7, 16), (5, 5, 28)],
     "res8k": [(28, 28, 16), (28, 28, 24), (14, 14, 24), (14, 14, 16), (14, 14, 24), (7, 7, 10)],
+    "gap4": [(28, 28, 16), (14, 14, 32), (14, 14, 32), (7, 7, 36)],  # its docstring
 }
 
 
@@ -140,3 +141,30 @@ class ForwardJitTest(chex.TestCase):
             forward = self.variant(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
             x = jax.random.normal(jax.random.key(5), (3, 28, 28, 1))
             chex.assert_trees_all_close(forward(state, x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gap4_is_within_twice_gaps_multiply_adds():
+    """The record model's compute bound: at most 2x gap's multiply-adds per image in its convolutions
+    (the heads add 640 and 360)."""
+    def macs(arch):
+        total, conv_call = [0], nnx.Conv.__call__
+
+        def counting_call(self, x):
+            y = conv_call(self, x)
+            total[0] += int(np.prod(y.shape[1:]) * np.prod(self.kernel.shape[:-1]))
+            return y
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(nnx.Conv, "__call__", counting_call)
+            model = make(arch)
+            model.eval()
+            model(jnp.zeros((1, 28, 28, 1)))
+        return total[0]
+
+    assert macs("gap") == 1_919_232
+    assert macs("gap4") == 3_330_432 < 2 * macs("gap")
+
+
+def test_batchnorm_momentum_is_pytorchs_convention():
+    assert build("gap4", rngs=nnx.Rngs(0)).bn1.momentum == 0.9  # PyTorch's 0.1
+    assert MODELS["gap4"](bn_momentum=0.05, rngs=nnx.Rngs(0)).bn1.momentum == 0.95

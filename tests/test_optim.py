@@ -96,3 +96,47 @@ def test_onecycle_cycles_the_sgd_momentum_the_optimiser_uses():
     lr1, m1 = make_schedule(config, 100)(1), onecycle_momentum(100)(1)
     np.testing.assert_allclose(updates, [-lr1 * (1 + m1)], rtol=1e-5)
     assert 0.94 < float(m1) < 0.95
+
+
+def test_params_ema_averages_the_parameters_after_each_update_and_passes_updates_through():
+    from jaxmnist.optim import averaged_params, params_ema
+
+    tx = optax.chain(optax.sgd(1.0), params_ema(0.5))
+    params, grad = jnp.array([2.0]), jnp.array([0.5])
+    state = tx.init(params)
+    average = 2.0
+    for t in range(1, 4):
+        updates, state = tx.update(grad, state, params)
+        np.testing.assert_allclose(updates, [-0.5])  # plain SGD's update, untouched
+        params = optax.apply_updates(params, updates)
+        decay = min(0.5, (1 + t) / (10 + t))
+        average = decay * average + (1 - decay) * float(params[0])
+        np.testing.assert_allclose(averaged_params(state), [average], rtol=1e-6)
+    assert averaged_params(make_optimizer(RECIPES["gap"], 10).init(params)) is None
+
+
+def test_ema_b1_b2_and_defaults_leave_the_gap_chain_alone():
+    """New fields at their defaults build gap's chain; set, they reach Adam and the chain's end."""
+    from jaxmnist.optim import averaged_params
+
+    params, grads = {"w": jnp.array([1.0, -2.0])}, [{"w": jnp.array([0.3, -0.1])}, {"w": jnp.array([-0.2, 0.4])}]
+    config = dataclasses.replace(RECIPES["gap"], clip_norm=None, weight_decay=0.0, b1=0.7, b2=0.9, ema=0.99)
+    ours, reference = make_optimizer(config, 100), optax.adam(make_schedule(config, 100), b1=0.7, b2=0.9)
+    state, reference_state = ours.init(params), reference.init(params)
+    for g in grads:
+        updates, state = ours.update(g, state, params)
+        expected, reference_state = reference.update(g, reference_state, params)
+        np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+    assert averaged_params(state) is not None
+
+
+def test_linear_schedule_with_warmup_rises_from_zero_then_falls_to_final_lr():
+    config = Config(lr=0.01, schedule="linear", final_lr=0.0, warmup=0.2)
+    schedule = make_schedule(config, steps_per_epoch=100)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(0.005)
+    assert float(schedule(20)) == pytest.approx(0.01)
+    assert float(schedule(60)) == pytest.approx(0.005)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    plain = make_schedule(dataclasses.replace(config, warmup=0.0, final_lr=0.001), 100)
+    assert float(plain(0)) == pytest.approx(0.01) and float(plain(100)) == pytest.approx(0.001)

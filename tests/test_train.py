@@ -1,18 +1,21 @@
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jaxmnist import cli, data, report
+from jaxmnist import cli, data, report, sharding
 from jaxmnist.config import Config
 from jaxmnist.models import DOCUMENTED_PARAMS
+from jaxmnist.optim import averaged_params
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import Trainer, epoch_order, epoch_steps, fit, main
+from jaxmnist.train import Trainer, epoch_order, epoch_steps, fit, init_run, logits_step, loss_fn, main
 
 JSON_KEYS = {"arch", "params", "seed", "epochs", "test_accuracy", "val_accuracy", "train_seconds",
              "compile_seconds", "images_per_second", "device", "jax_version"}
@@ -44,6 +47,17 @@ def test_recipes_are_valid_and_the_gap_recipe_is_the_documented_one():
         64, 6_000, 0.015, 0.001, 1e-4, 1.0, 0.1)
     assert (gap.mean, gap.std, gap.schedule, gap.optimizer) == (0.1307, 0.3081, "cosine", "adam")
     assert (RECIPES["fc"].batch_size, RECIPES["fc"].dropout, RECIPES["fc"].val_size) == (64, 0.3, 0)
+
+
+def test_record_recipe_is_the_one_chosen_on_validation():
+    record = RECIPES["record"]
+    assert record == RECIPES["gap4"] and cli.parse(["--recipe", "record"])[1] == record
+    assert (record.arch, record.epochs, record.val_size, record.batch_size, record.lr, record.b1, record.b2) == (
+        "gap4", 1, 0, 32, 0.015, 0.7, 0.9)
+    assert (record.schedule, record.warmup, record.final_lr, record.label_smoothing, record.ema) == (
+        "linear", 0.2, 0.0, 0.1, None)
+    assert (record.weight_decay, record.clip_norm, record.rotate, record.translate, record.crop_p) == (
+        1e-4, 1.0, 0.0, 0.0, 0.0)
 
 
 def test_seed_zoo_recipes_are_the_documented_ones():
@@ -91,6 +105,10 @@ def test_seed_zoo_recipes_are_the_documented_ones():
     (["--checkpoint-dir", "/no/such/run"], "--checkpoint-dir /no/such/run: the folder /no/such does not exist"),
     (["--checkpoint-dir", "/etc/hostname"], "--checkpoint-dir /etc/hostname: /etc/hostname is a file, not a folder"),
     (["--resume"], "--resume continues the run kept in a folder: give that folder with --checkpoint-dir DIR"),
+    (["--ema", "1"], "ema is 1.0: use a decay in (0, 1)"),
+    (["--label-smoothing", "1"], "label_smoothing is 1.0: it must lie in [0, 1)"),
+    (["--schedule", "onecycle", "--b1", "0.7"], "the onecycle schedule cycles Adam's beta1"),
+    (["--schedule", "step", "--warmup", "0.1"], "the step schedule has none: use cosine or linear, or warmup 0"),
 ])
 def test_impossible_hyper_parameters_exit_2_with_one_paragraph(flags, message, mnist_dir, capsys):
     assert main(["--recipe", "gap", "--data-dir", str(mnist_dir), "--no-progress", *flags]) == 2
@@ -209,3 +227,42 @@ def test_one_real_epoch_from_the_command_line(arch, floor, mnist_dir, tmp_path):
     assert summary["images_per_second"] == pytest.approx(summary["train_images"] / summary["train_seconds"])
     assert f"{summary['test_accuracy']:.2%}" in run.stdout
 
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    logits = jax.random.normal(jax.random.key(0), (4, 10))
+    labels = jnp.array([0, 3, 9, 3])
+    plain, _ = loss_fn(lambda x: logits, None, labels)
+    smoothed, _ = loss_fn(lambda x: logits, None, labels, label_smoothing=0.1)
+    targets = 0.9 * jax.nn.one_hot(labels, 10) + 0.01
+    np.testing.assert_allclose(smoothed, -(targets * jax.nn.log_softmax(logits)).sum(-1).mean(), rtol=1e-6)
+    np.testing.assert_allclose(plain, -jax.nn.log_softmax(logits)[jnp.arange(4), labels].mean(), rtol=1e-6)
+
+
+def test_evaluation_uses_the_weight_average_where_the_recipe_keeps_one(mnist):
+    """At initialisation the average is the weights; zeroing the average (not the weights) makes
+    every logit 0, so every prediction is class 0."""
+    config = dataclasses.replace(RECIPES["record"], ema=0.99)
+    images, labels = mnist.test.images_NHW[:500], mnist.test.labels_N[:500]
+    split = sharding.batch_split(sharding.make_mesh(1))
+    correct = {}
+    for ema in (None, 0.99):
+        _, eval_graphdef, state, _ = init_run(dataclasses.replace(config, ema=ema), steps_per_epoch=10)
+        step = functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std, split=split)
+        correct[ema] = int((np.asarray(step(state, images)).argmax(-1) == labels).sum())
+    assert correct[None] == correct[0.99] != int((labels == 0).sum())
+    model, optimizer = nnx.merge(eval_graphdef, state)
+    average = averaged_params(optimizer.opt_state)
+    for variable in jax.tree.leaves(average, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        variable[...] = jnp.zeros_like(variable[...])
+    assert np.abs(model.conv1.kernel[...]).sum() > 0
+    zeroed = step(nnx.split((model, optimizer))[1], images)
+    assert int((np.asarray(zeroed).argmax(-1) == labels).sum()) == int((labels == 0).sum())
+
+
+def test_record_recipe_learns_on_a_subset_and_is_reproducible(mnist):
+    config = dataclasses.replace(RECIPES["record"], val_size=500, train_size=2_000)
+    subset = small(mnist, 3_000, 1_000)
+    first, again = fit(config, subset, progress=False), fit(config, subset, progress=False)
+    assert (first.val_accuracy, first.test_accuracy) == (again.val_accuracy, again.test_accuracy)
+    assert first.params == DOCUMENTED_PARAMS["gap4"] and first.val_accuracy > 0.85
