@@ -15,6 +15,7 @@ measured in the same run (its first three seeds, interleaved with record's), the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -35,14 +36,26 @@ from accuracy import spread  # noqa: E402  (the sibling benchmark's helper)
 BASE = dataclasses.replace(RECIPES["gap"], arch="gap4", dropout=None)
 
 
-def gap4_variant(name: str, **kwargs) -> str:
-    """Registers a Gap4 with other `widths`/`bn_momentum` under `name` (this process only)."""
+# Gap4 with other widths or BatchNorm momentum, registered in models.MODELS only while a row trains one.
+VARIANTS = {"gap4-bn05": dict(bn_momentum=0.05), "gap4-16-24-32-47": dict(widths=(16, 24, 32, 47))}
+
+
+@contextlib.contextmanager
+def registered(arch: str):
+    """`arch` in the model registry for the duration, if it is one of VARIANTS."""
+    if arch not in VARIANTS:
+        yield
+        return
+
     class Variant(models.Gap4):
         def __init__(self, *, dropout: float = 0.0, rngs: nnx.Rngs):
-            super().__init__(dropout=dropout, rngs=rngs, **kwargs)
+            super().__init__(dropout=dropout, rngs=rngs, **VARIANTS[arch])
 
-    models.MODELS[name] = Variant
-    return name
+    models.MODELS[arch] = Variant
+    try:
+        yield
+    finally:
+        del models.MODELS[arch]
 
 
 # Each row: BASE with these overrides. Later rows start from the levers kept so far (README).
@@ -59,8 +72,8 @@ ROWS: dict[str, dict] = {
     "label smoothing 0.1": dict(label_smoothing=0.1),
     "ema 0.99": dict(ema=0.99),
     "dropout 0.1": dict(dropout=0.1),
-    "bn momentum 0.05": dict(arch=gap4_variant("gap4-bn05", bn_momentum=0.05)),
-    "widths 16-24-32-47": dict(arch=gap4_variant("gap4-16-24-32-47", widths=(16, 24, 32, 47))),
+    "bn momentum 0.05": dict(arch="gap4-bn05"),
+    "widths 16-24-32-47": dict(arch="gap4-16-24-32-47"),
     "48k training images": dict(train_size=48_000),
 }
 # Second round: the levers batch one kept (label smoothing; linear decay to 0 after a warmup), then
@@ -110,7 +123,8 @@ def ablations(args, dataset) -> list[dict]:
         if args.train_size and "train_size" in overrides:  # a smoke run keeps its own size
             overrides["train_size"] = min(overrides["train_size"], args.train_size)
         config = dataclasses.replace(base, **overrides)
-        summaries = run(config, range(args.seeds), dataset)
+        with registered(config.arch):
+            summaries = run(config, range(args.seeds), dataset)
         runs += [dict(s, lever=name) for s in summaries]
         seconds = statistics.median(s["train_seconds"] for s in summaries)
         val = [s["val_accuracy"] for s in summaries]
