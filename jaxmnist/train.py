@@ -55,7 +55,7 @@ def normalize(pixels_BHW: jax.Array, mean: float, std: float) -> jax.Array:
     return ((pixels_BHW - mean) / std)[..., None]
 
 
-def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array, *,
+def loss_fn(model: nnx.Module, x_BHWC: jax.Array, labels_B: jax.Array,
             label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
     logits_BK = model(x_BHWC)
     if label_smoothing:
@@ -105,12 +105,19 @@ def train_steps(graphdef, state, metrics_3, images_NHW, labels_N, order_N, first
     return jax.lax.fori_loop(first, last, body, (state, metrics_3))
 
 
-def logits_step(graphdef, state, images_EHW, *, mean: float, std: float, split: NamedSharding) -> jax.Array:
-    """The logits of an evaluation batch, with BatchNorm's running statistics and no dropout (and the
-    weight average, where the recipe keeps one)."""
+def eval_state(graphdef, state):
+    """The state to evaluate: the weights replaced by their running average where the recipe keeps
+    one (`--ema`), else `state` as it is."""
     model, optimizer = nnx.merge(graphdef, state)
-    if (average := averaged_params(optimizer.opt_state)) is not None:
-        nnx.update(model, average)
+    if (average := averaged_params(optimizer.opt_state)) is None:
+        return state
+    nnx.update(model, average)
+    return nnx.state((model, optimizer))
+
+
+def logits_step(graphdef, state, images_EHW, *, mean: float, std: float, split: NamedSharding) -> jax.Array:
+    """The logits of an evaluation batch, with BatchNorm's running statistics and no dropout."""
+    model, _ = nnx.merge(graphdef, state)
     images_EHW = jax.lax.with_sharding_constraint(images_EHW, split)
     return model(normalize(to_unit(images_EHW), mean, std))
 
@@ -151,6 +158,7 @@ class Evaluator:
                                    split=sharding.batch_split(mesh))
 
         def split_logits(state, images_NHW):
+            state = eval_state(eval_graphdef, state)  # once, outside the loop over batches
             batches = images_NHW.reshape(-1, batch, *images_NHW.shape[1:])
             return jax.lax.map(lambda x: logits(state, x), batches).reshape(images_NHW.shape[0], -1)
 

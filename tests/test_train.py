@@ -15,7 +15,7 @@ from jaxmnist.config import Config
 from jaxmnist.models import DOCUMENTED_PARAMS
 from jaxmnist.optim import averaged_params
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import Trainer, epoch_order, epoch_steps, fit, init_run, logits_step, loss_fn, main
+from jaxmnist.train import Trainer, epoch_order, epoch_steps, eval_state, fit, init_run, logits_step, loss_fn, main
 
 JSON_KEYS = {"arch", "params", "seed", "epochs", "test_accuracy", "val_accuracy", "train_seconds",
              "compile_seconds", "images_per_second", "device", "jax_version"}
@@ -249,14 +249,14 @@ def test_evaluation_uses_the_weight_average_where_the_recipe_keeps_one(mnist):
     for ema in (None, 0.99):
         _, eval_graphdef, state, _ = init_run(dataclasses.replace(config, ema=ema), steps_per_epoch=10)
         step = functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std, split=split)
-        correct[ema] = int((np.asarray(step(state, images)).argmax(-1) == labels).sum())
+        correct[ema] = int((np.asarray(step(eval_state(eval_graphdef, state), images)).argmax(-1) == labels).sum())
     assert correct[None] == correct[0.99] != int((labels == 0).sum())
     model, optimizer = nnx.merge(eval_graphdef, state)
     average = averaged_params(optimizer.opt_state)
     for variable in jax.tree.leaves(average, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         variable[...] = jnp.zeros_like(variable[...])
     assert np.abs(model.conv1.kernel[...]).sum() > 0
-    zeroed = step(nnx.split((model, optimizer))[1], images)
+    zeroed = step(eval_state(eval_graphdef, nnx.split((model, optimizer))[1]), images)
     assert int((np.asarray(zeroed).argmax(-1) == labels).sum()) == int((labels == 0).sum())
 
 
