@@ -112,7 +112,7 @@ def _plain_log_formatter():
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    # Here, not at the top: jaxmnist.evaluate imports this module, and training imports it at its end.
+    # Here, not at the top: jaxmnist.cli and jaxmnist.evaluate import this module.
     from jaxmnist.cli import Parser
     from jaxmnist.evaluate import check_output
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import os
 import platform
 import shlex
@@ -108,10 +107,6 @@ def format_epochs(per_epoch: list[dict]) -> str:
              "n/a" if e["val_accuracy"] is None else f"{e['val_accuracy']:.2%}", f"{e['test_accuracy']:.2%}",
              f"{e['train_seconds']:.2f}"] for e in per_epoch]
     return markdown_table(["epoch", "train loss", "train acc", "val acc", "test acc", "train s"], rows)
-
-
-def write_json(s: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(s, indent=2) + "\n")
 
 
 def benchmark_header(title: str, device_note: str = "") -> str:

@@ -282,13 +282,12 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchRe
     its own generator seeded from `config.seed`) and then normalised, inside the timed loop as in
     jaxmnist.
     """
-    from jaxmnist.train import augmentation, epoch_order, epoch_steps
+    from jaxmnist.train import augmentation, epoch_order, epoch_steps, train_val_indices
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
-    train, val = data.split_train_val(dataset.train, config.val_size, config.seed)
-    if config.train_size is not None:
-        train = train.take(np.arange(config.train_size))
+    train_idx, val_idx = train_val_indices(config, len(dataset.train), config.seed)
+    train, val = dataset.train.take(train_idx), dataset.train.take(val_idx) if len(val_idx) else None
     augmented = augmentation(config).active
     # A generator of its own, seeded apart from the global one that draws weights and dropout masks.
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, 3]).generate_state(1)[0]))

@@ -196,17 +196,17 @@ class Trainer:
         start = time.perf_counter()
         self.config, self.seeds = config, list(seeds) if seeds is not None else None
         runs = len(self.seeds) if self.seeds is not None else 0
-        splits = [train_val_indices(config, len(pool), seed) for seed in (self.seeds or [config.seed])]
+        every_seed = self.seeds or [config.seed]
+        splits = [train_val_indices(config, len(pool), seed) for seed in every_seed]
         self.train_idx = np.stack([t for t, _ in splits]) if runs else splits[0][0]
         b = config.batch_size
         self.n_train = self.train_idx.shape[-1]
         self.full_steps, tail = divmod(self.n_train, b)
         self.steps_per_epoch = epoch_steps(self.n_train, b)
-        inits = [init_run(dataclasses.replace(config, seed=seed), self.steps_per_epoch)
-                 for seed in (self.seeds or [config.seed])]
+        inits = [init_run(dataclasses.replace(config, seed=seed), self.steps_per_epoch) for seed in every_seed]
         train_graphdef, eval_graphdef, _, self.params = inits[0]
         state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(i[2] for i in inits)) if runs else inits[0][2]
-        keys = [seed_streams(seed)[3] for seed in (self.seeds or [config.seed])]
+        keys = [seed_streams(seed)[3] for seed in every_seed]
 
         mesh = sharding.make_mesh(1 if runs else config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
@@ -364,7 +364,7 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
         config: the run; validated here.
         dataset: already loaded data (else loaded as `config` says).
         progress: draw a progress bar with running loss and accuracy on stderr (process 0 only).
-        run_dir: checkpoint after every epoch (and when stopped) into this run folder.
+        run_dir: checkpoint after every epoch (and when stopped) into this run folder (the caller closes it).
         resume: continue from `run_dir`'s newest checkpoint, whose configuration `config` must be.
         metrics_path: write the metrics log here (JSON lines).
         should_stop: polled between chunks of steps; when true, the run checkpoints and stops.
@@ -406,9 +406,8 @@ class _Run:
         self.schedule = make_schedule(config, trainer.steps_per_epoch)
         self.started = time.perf_counter()
 
-    def global_step(self, position: Position | None = None) -> int:
-        position = position or self.position
-        return position.epoch * self.trainer.steps_per_epoch + position.step
+    def global_step(self) -> int:
+        return self.position.epoch * self.trainer.steps_per_epoch + self.position.step
 
     def train(self) -> Result:
         trainer, config = self.trainer, self.config
@@ -434,8 +433,6 @@ class _Run:
                 bar.close()
             if epoch + 1 < config.epochs and self.should_stop():
                 raise Interrupted(self._stopped_text())
-        if self.run_dir is not None:
-            self.run_dir.close()
         return Result(config, trainer.params, trainer.n_train, self.position.epochs, trainer.compile_seconds)
 
     def _train_epoch(self, epoch: int, bar) -> tuple[float, float, float]:
