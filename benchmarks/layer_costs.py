@@ -116,7 +116,7 @@ def jax_step(repeats: int) -> float:
     n = B * PROGRESS_EVERY
     split = data.Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
     trainer = Trainer(dataclasses.replace(RECIPES["gap"], val_size=0), split, split)
-    args = (trainer.train.images_NHW, trainer.train.labels_N, trainer._shuffle(0), np.int32(0),
+    args = (trainer.train.images_NHW, trainer.train.labels_N, trainer._shuffle(0), trainer.augment_keys, np.int32(0),
             np.int32(PROGRESS_EVERY))
 
     def chunk():

@@ -17,13 +17,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
-import orbax.checkpoint as ocp
 
 from jaxmnist.config import Config
 from jaxmnist.errors import ConfigError
 from jaxmnist.results import EpochResult
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
 
@@ -58,6 +61,13 @@ class Saved:
     global_step: int
 
 
+
+def _orbax():
+    """`orbax.checkpoint`, imported on first use: it costs every start 0.12 s, and most runs keep no folder."""
+    import orbax.checkpoint as ocp
+
+    return ocp
+
 class RunDir:
     """A run folder (`--checkpoint-dir`): its checkpoints through one orbax `CheckpointManager`."""
 
@@ -69,6 +79,7 @@ class RunDir:
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
+            ocp = _orbax()
             # Synchronous saves: a checkpoint is complete when `save` returns, before the next chunk
             # (a save of a 25,000-parameter model takes ~0.1 s).
             options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
@@ -92,6 +103,7 @@ class RunDir:
         if global_step in self.manager.all_steps():
             return
         progress = {"config": dataclasses.asdict(config), "position": position.to_json()}
+        ocp = _orbax()
         self.manager.save(global_step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
                                                                progress=ocp.args.JsonSave(progress)), force=True)
 
@@ -101,12 +113,14 @@ class RunDir:
         if step is None:
             raise ConfigError(f"Invalid configuration: {self.path} holds no checkpoint: train with --checkpoint-dir "
                               f"{self.path} first, or point --checkpoint-dir at the folder a run wrote.")
+        ocp = _orbax()
         progress = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
         return Saved(Config(**progress["config"]), Position.from_json(progress["position"]), step)
 
     def restore(self, global_step: int, target):
         """The arrays of checkpoint `global_step`, shaped and laid out as `target` (a pytree of arrays)."""
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+        ocp = _orbax()
         return self.manager.restore(global_step, args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(abstract))).arrays
 

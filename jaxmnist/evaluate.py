@@ -23,7 +23,7 @@ from jaxmnist.checkpoint import RunDir, Saved, write_json
 from jaxmnist.config import Config
 from jaxmnist.errors import ConfigError, JaxMnistError
 from jaxmnist.plot import pyplot, require_matplotlib
-from jaxmnist.train import DeviceSplit, Evaluator, eval_batch_size, init_run
+from jaxmnist.train import Evaluator, eval_batch_size, init_run
 
 MISTAKES_SHOWN = 10  # in the text; the picture shows `MISTAKES_DRAWN`
 MISTAKES_DRAWN = 24
@@ -112,10 +112,9 @@ class Evaluation:
 def evaluate(run: LoadedRun, test: data.Split) -> Evaluation:
     """Runs the test split through the run's model, in the batches training evaluated it in."""
     # The batch training evaluated in (its splits: test and validation): the same program, the same logits.
-    batch = eval_batch_size(max(len(test), run.config.val_size), run.mesh.size)
-    split = DeviceSplit.put(test, sharding.replicated(run.mesh), batch)
-    evaluator = run.evaluator(batch, [len(split.labels_N)])
-    logits_NK = evaluator.logits(run.state, split)
+    sizes = [len(test), run.config.val_size] if run.config.val_size else [len(test)]
+    evaluator = run.evaluator(eval_batch_size(max(sizes), run.mesh.size), sizes)
+    logits_NK = evaluator.logits(run.state, evaluator.put(test))
     # `Evaluator.accuracy`'s own expression, on these logits rather than on a second pass over the split.
     accuracy = float(np.mean(logits_NK.argmax(-1) == test.labels_N))
     probabilities_NK = np.asarray(jax.nn.softmax(logits_NK, axis=-1))

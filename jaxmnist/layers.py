@@ -40,10 +40,28 @@ def linear(din: int, dout: int, *, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
                       rngs=rngs)
 
 
-def batch_norm(channels: int, *, momentum: float = 0.1, rngs: nnx.Rngs) -> nnx.BatchNorm:
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` whose inference (running statistics) is one multiply-add per value.
+
+    Flax computes `(x - mean) * m + bias` with `m = scale / sqrt(var + eps)`; this computes
+    `x * m + (bias - mean * m)`, the same function up to rounding. XLA:CPU fuses a whole
+    evaluation batch of a model into one YNNPACK graph, which then does one pass fewer over every
+    activation: gap's 10,000 test images in batches of 100 took 0.43 s Flax's way and 0.34 s this
+    way (2-core Intel Xeon). Training, with the batch's statistics, is Flax's code unchanged.
+    """
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
+        running = self.use_running_average if use_running_average is None else use_running_average
+        if not running or mask is not None:
+            return super().__call__(x, use_running_average, mask=mask)
+        m = self.scale[...] * lax.rsqrt(self.var[...] + self.epsilon)
+        return x * m + (self.bias[...] - self.mean[...] * m)
+
+
+def batch_norm(channels: int, *, momentum: float = 0.1, rngs: nnx.Rngs) -> BatchNorm:
     """`nn.BatchNorm2d(channels, momentum=momentum)`: PyTorch's momentum m (default 0.1) is Flax's
     1 - m (0.9); epsilon 1e-5 in both."""
-    return nnx.BatchNorm(channels, momentum=1 - momentum, epsilon=1e-5, rngs=rngs)
+    return BatchNorm(channels, momentum=1 - momentum, epsilon=1e-5, rngs=rngs)
 
 
 def max_pool_2x2(x_BHWC: jax.Array) -> jax.Array:
@@ -80,7 +98,12 @@ def conv2d(x_BHWC: jax.Array, w_HWIO: jax.Array, padding: Padding) -> jax.Array:
 
     Why not plain `lax.conv_general_dilated` and autodiff (batch 64, XLA:CPU, 2 cores)?
     - One input channel (every model's first layer): Eigen's convolution takes 1.25 ms for
-      28x28, 1 -> 16; the nine shifted multiply-adds below fuse into one loop, 0.12 ms.
+      28x28, 1 -> 16; nine shifted multiply-adds (`_shifted_sum`) fuse into one loop, 0.12 ms.
+      Inference, which takes no gradient and so runs this function's own body rather than
+      `_conv2d_fwd`, does better with the nine shifted windows side by side times the kernel as
+      one GEMM: gap's first layer over 10,000 images in batches of 100 took 0.13 s against 0.17 s,
+      and the whole evaluation 0.28 s against 0.35 s. Training keeps the shifted sum, so that its
+      numbers stay those measured; the two differ by rounding only.
     - Backward: autodiff emits the weight gradient as a convolution in a transposed layout
       (2.9 ms at 14x14, 16 -> 32); one GEMM over every output pixel takes 2.0 ms.
     - Every convolution here is in the canonical NHWC/HWIO layout, the only one XLA:CPU
@@ -89,8 +112,12 @@ def conv2d(x_BHWC: jax.Array, w_HWIO: jax.Array, padding: Padding) -> jax.Array:
     """
     if w_HWIO.shape[2] > 1:
         return _sliced_conv(x_BHWC, w_HWIO, padding)
-    kh, kw, _, _ = w_HWIO.shape
-    windows = _windows(x_BHWC, (kh, kw), padding)
+    patches = jnp.concatenate(list(_windows(x_BHWC, w_HWIO.shape[:2], padding).values()), axis=-1)
+    return patches @ w_HWIO.reshape(-1, w_HWIO.shape[-1])
+
+
+def _shifted_sum(x_BHWC: jax.Array, w_HWIO: jax.Array, padding: Padding) -> jax.Array:
+    windows = _windows(x_BHWC, w_HWIO.shape[:2], padding)
     return sum(window * w_HWIO[i, j, 0] for (i, j), window in windows.items())
 
 
@@ -165,7 +192,8 @@ def _patches_t_matmul(patches_PK: jax.Array, g_PO: jax.Array) -> jax.Array:
 
 
 def _conv2d_fwd(x_BHWC, w_HWIO, padding):
-    return conv2d(x_BHWC, w_HWIO, padding), (x_BHWC, w_HWIO)
+    y = _shifted_sum(x_BHWC, w_HWIO, padding) if w_HWIO.shape[2] == 1 else _sliced_conv(x_BHWC, w_HWIO, padding)
+    return y, (x_BHWC, w_HWIO)
 
 
 def _conv2d_bwd(padding, residuals, g_BHWO):

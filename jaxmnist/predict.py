@@ -15,11 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmnist import data, sharding
+from jaxmnist import data
 from jaxmnist.checkpoint import write_json
 from jaxmnist.errors import DataError
 from jaxmnist.evaluate import LoadedRun, build_parser, check_output, check_run, load_run, run_cli
-from jaxmnist.train import DeviceSplit
 
 BOX = 20  # MNIST fits each digit's longer side to 20 pixels...
 SIZE = 28  # ...and centres its centre of mass in a 28x28 field
@@ -94,7 +93,7 @@ def predict(run: LoadedRun, images_NHW: np.ndarray) -> np.ndarray:
     n = run.mesh.size
     evaluator = run.evaluator(-(-len(images_NHW) // n) * n, [len(images_NHW)])
     split = data.Split(images_NHW, np.zeros(len(images_NHW), np.int32))
-    logits_NK = evaluator.logits(run.state, DeviceSplit.put(split, sharding.replicated(run.mesh), evaluator.batch))
+    logits_NK = evaluator.logits(run.state, evaluator.put(split))
     return np.asarray(jax.nn.softmax(logits_NK, axis=-1))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import signal
 import sys
 import time
@@ -124,59 +125,77 @@ def logits_step(graphdef, state, images_EHW, *, mean: float, std: float, split: 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceSplit:
-    """A split on the device, padded to whole evaluation batches; `n` images are real (per run,
-    where the arrays have a leading run axis)."""
+    """A split on the device (with a leading run axis where the arrays have one)."""
 
     images_NHW: jax.Array
     labels_N: jax.Array
-    n: int
 
     @classmethod
-    def put(cls, split: data.Split, placement: NamedSharding, multiple: int = 1) -> DeviceSplit:
-        n = split.labels_N.shape[-1]
-        runs = [(0, 0)] * (split.labels_N.ndim - 1)
-        images = np.pad(split.images_NHW, (*runs, (0, -n % multiple), (0, 0), (0, 0)))
-        labels = np.pad(split.labels_N, (*runs, (0, -n % multiple)))
-        return cls(sharding.put(images, placement), sharding.put(labels, placement), n)
+    def put(cls, split: data.Split, placement: NamedSharding) -> DeviceSplit:
+        return cls(sharding.put(split.images_NHW, placement), sharding.put(split.labels_N, placement))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+    """A split on the device as `Evaluator.put` lays it out: blocks of the evaluator's block size,
+    the last padded; the first `n` images are real and `labels_N` are theirs (on the host)."""
+
+    blocks: tuple[jax.Array, ...]
+    labels_N: np.ndarray
+    n: int
 
 
 class Evaluator:
-    """The compiled inference programs: a whole split's logits in one dispatch, computed in batches
-    of `batch` images one after another (`lax.map`); one program per split size in `sizes`.
+    """The compiled inference program: the logits of one block of images, computed in batches of
+    `batch` one after another (`lax.map`); a split runs as one dispatch per block.
 
-    Small batches keep the activations in cache: gap's 10,000 test images took 0.67 s in batches of
-    100 against 1.48 s in a Python loop over batches of 2,000, with the same logits to the bit
-    (a busy 2-core Intel Xeon; benchmarks/endtoend.py times it in whole runs). Training and `jaxmnist.evaluate` share
-    it, so that both report the same accuracy to the last digit. With `runs`, the state and the
-    split's images have a leading run axis (`jax.vmap`).
+    One program serves every split size in `sizes`: its block is the largest whole number of
+    batches that divides each size rounded up to whole batches (gap's 10,000 test and 6,000
+    validation images: blocks of 2,000). A program per size cost a warm start ~0.2 s each to trace
+    and load. Small batches keep the activations in cache: gap's 10,000 test images took 0.67 s in
+    batches of 100 against 1.48 s in a Python loop over batches of 2,000, with the same logits to
+    the bit (a busy 2-core Intel Xeon; benchmarks/endtoend.py times it in whole runs). Training and
+    `jaxmnist.evaluate` share it, so that both report the same accuracy to the last digit. With
+    `runs`, the state and the split's images have a leading run axis (`jax.vmap`).
     """
 
     def __init__(self, config: Config, eval_graphdef, state, mesh: jax.sharding.Mesh, batch: int,
                  sizes: Sequence[int], runs: int = 0):
         self.batch, self.runs = batch, runs
+        self.block = batch * math.gcd(*(-(-n // batch) for n in sizes))
+        self._placement = sharding.replicated(mesh)
         logits = functools.partial(logits_step, eval_graphdef, mean=config.mean, std=config.std,
                                    split=sharding.batch_split(mesh))
 
-        def split_logits(state, images_NHW):
+        def block_logits(state, images_NHW):
             state = eval_state(eval_graphdef, state)  # once, outside the loop over batches
             batches = images_NHW.reshape(-1, batch, *images_NHW.shape[1:])
             return jax.lax.map(lambda x: logits(state, x), batches).reshape(images_NHW.shape[0], -1)
 
-        program = jax.jit(jax.vmap(split_logits) if runs else split_logits)
-        self._programs = {}
-        for n in sizes:
-            images = np.zeros(((runs,) if runs else ()) + (-(-n // batch) * batch, 28, 28), np.uint8)
-            images = sharding.put(images, sharding.replicated(mesh))
-            self._programs[images.shape[-3]] = program.lower(state, images).compile()
+        # Replicated logits: every process of a multi-host run reads them whole.
+        program = jax.jit(jax.vmap(block_logits) if runs else block_logits, out_shardings=self._placement)
+        images = sharding.put(np.zeros(((runs,) if runs else ()) + (self.block, 28, 28), np.uint8), self._placement)
+        self._program = program.lower(state, images).compile()
 
-    def logits(self, state, split: DeviceSplit) -> np.ndarray:
+    def put(self, split: data.Split) -> EvalSplit:
+        """`split` on the device in blocks (images with a leading run axis, with runs)."""
+        n = split.labels_N.shape[-1]
+        runs = [(0, 0)] * (split.labels_N.ndim - 1)
+        images = np.pad(split.images_NHW, (*runs, (0, -n % self.block), (0, 0), (0, 0)))
+        blocks = tuple(sharding.put(images[..., i: i + self.block, :, :], self._placement)
+                       for i in range(0, images.shape[-3], self.block))
+        return EvalSplit(blocks, np.asarray(split.labels_N), n)
+
+    def logits(self, state, split: EvalSplit) -> np.ndarray:
         """([runs,] n, classes) logits of the split's `n` real images."""
-        logits = self._programs[split.images_NHW.shape[-3]](state, split.images_NHW)
-        return np.asarray(jax.device_get(logits))[..., : split.n, :]
+        # One block in flight at a time: two processes of a multi-host CPU run deadlocked in their
+        # collectives with several queued.
+        blocks = [np.asarray(jax.device_get(self._program(state, images))) for images in split.blocks]
+        return np.concatenate(blocks, axis=-2)[..., : split.n, :]
 
-    def accuracy(self, state, split: DeviceSplit) -> float | np.ndarray:
+    def accuracy(self, state, split: EvalSplit) -> float | np.ndarray:
         """The accuracy on `split` (one per run, with runs)."""
-        correct = self.logits(state, split).argmax(-1) == np.asarray(split.labels_N[..., : split.n])
+        correct = self.logits(state, split).argmax(-1) == split.labels_N
         return correct.mean(-1) if self.runs else float(np.mean(correct))
 
 
@@ -207,6 +226,7 @@ class Trainer:
         train_graphdef, eval_graphdef, _, self.params = inits[0]
         state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(i[2] for i in inits)) if runs else inits[0][2]
         keys = [seed_streams(seed)[3] for seed in every_seed]
+        self.augment_keys = jnp.stack(keys) if runs else keys[0]
 
         mesh = sharding.make_mesh(1 if runs else config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
@@ -220,26 +240,22 @@ class Trainer:
             eval_sets.append(tuple(np.stack(x) for x in zip(*vals)) if runs else vals[0])
         if runs:
             eval_sets[0] = tuple(np.broadcast_to(x, (runs, *x.shape)) for x in eval_sets[0])
-        eval_batch = eval_batch_size(max(x.shape[-1] for _, x in eval_sets), mesh.size)
-        self.eval_splits = [DeviceSplit.put(data.Split(*x), self.replicated, eval_batch) for x in eval_sets]
         self.init_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
         step_options = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh),
                             augmentation=augmentation(config), label_smoothing=config.label_smoothing)
+        self.augment_keys = sharding.put(self.augment_keys, self.replicated)
         step_args = (self.state, self.zero_metrics(), self.train.images_NHW, self.train.labels_N,
-                     self._shuffle(0), np.int32(0))
-        if runs:
-            keys = sharding.put(jnp.stack(keys), self.replicated)
-            programs = [_side_by_side(step, train_graphdef, keys, batch_size=size, **step_options)
-                        for step, size in ((train_steps, b), (train_step, tail))]
-        else:
-            programs = [functools.partial(step, train_graphdef, batch_size=size, augment_key=keys[0], **step_options)
-                        for step, size in ((train_steps, b), (train_step, tail))]
+                     self._shuffle(0), self.augment_keys, np.int32(0))
+        programs = [_step_program(step, train_graphdef, side_by_side=bool(runs), batch_size=size, **step_options)
+                    for step, size in ((train_steps, b), (train_step, tail))]
         self._chunk = jax.jit(programs[0], donate_argnums=(0, 1)).lower(*step_args, np.int32(1)).compile()
         self._tail = tail and jax.jit(programs[1], donate_argnums=(0, 1)).lower(*step_args).compile()
-        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch,
-                                   [s.labels_N.shape[-1] for s in self.eval_splits], runs)
+        sizes = [labels.shape[-1] for _, labels in eval_sets]
+        self.evaluator = Evaluator(config, eval_graphdef, self.state, mesh, eval_batch_size(max(sizes), mesh.size),
+                                   sizes, runs)
+        self.eval_splits = [self.evaluator.put(data.Split(*x)) for x in eval_sets]
         self.compile_seconds = time.perf_counter() - start
 
     def _shuffle(self, epoch: int) -> jax.Array:
@@ -263,7 +279,7 @@ class Trainer:
         """
         order = self._shuffle(epoch)
         metrics = self.zero_metrics() if metrics is None else metrics
-        data_args = (self.train.images_NHW, self.train.labels_N, order)
+        data_args = (self.train.images_NHW, self.train.labels_N, order, self.augment_keys)
         b = self.config.batch_size
         bounds = [(first, min(first + PROGRESS_EVERY, self.full_steps))
                   for first in range(start, self.full_steps, PROGRESS_EVERY)]
@@ -288,7 +304,7 @@ class Trainer:
             loss_sum, correct, n = float(loss_sum), float(correct), float(n)
         return loss_sum / n, correct / n, time.perf_counter() - start
 
-    def evaluate(self, split: DeviceSplit) -> float | np.ndarray:
+    def evaluate(self, split: EvalSplit) -> float | np.ndarray:
         """Accuracy on `split` with BatchNorm's running statistics and no dropout (one per run, with seeds)."""
         return self.evaluator.accuracy(self.state, split)
 
@@ -296,15 +312,24 @@ class Trainer:
         return {"state": self.state, "metrics": metrics}
 
 
-def _side_by_side(step: Callable, graphdef, keys: jax.Array, *, batch_size: int, **step_options) -> Callable:
-    """`step` for every run at once: `jax.vmap` over the state, metrics, order and augmentation key
-    (`keys`, one per run, constants of the program); the images and the step bounds are shared."""
-    def run(state, metrics, images, labels, order, *bounds):
-        def one(state, metrics, order, key):
-            return step(graphdef, state, metrics, images, labels, order, *bounds, batch_size=batch_size,
-                        augment_key=key, **step_options)
-        return jax.vmap(one)(state, metrics, order, keys)
-    return run
+def _step_program(step: Callable, graphdef, *, side_by_side: bool, batch_size: int, **step_options) -> Callable:
+    """`step` as a function of (state, metrics, images, labels, order, augmentation key, *step bounds).
+
+    The key is an argument, not a constant of the program, so that every seed runs the same
+    program and a warm compilation cache serves them all. `side_by_side`: for every run at once,
+    `jax.vmap` over the state, metrics, order and key (one per run); the images and bounds are shared.
+    """
+    def one(state, metrics, images, labels, order, key, *bounds):
+        return step(graphdef, state, metrics, images, labels, order, *bounds, batch_size=batch_size,
+                    augment_key=key, **step_options)
+
+    def every_run(state, metrics, images, labels, order, keys, *bounds):
+        return jax.vmap(lambda *per_run: one(*per_run[:2], images, labels, *per_run[2:], *bounds))(
+            state, metrics, order, keys)
+
+    program = every_run if side_by_side else one
+    program.__name__ = step.__name__  # JAX names the compiled program (profiles, cache files) after it
+    return program
 
 
 def train_val_indices(config: Config, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,14 +343,22 @@ def train_val_indices(config: Config, n: int, seed: int) -> tuple[np.ndarray, np
 
 def init_run(config: Config, steps_per_epoch: int):
     """Run `config.seed`'s model and optimiser as (train graphdef, eval graphdef, state, parameters)."""
-    params_key, dropout_key, _, _ = seed_streams(config.seed)
-    model = build(config.arch, dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
-    optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+    model, optimizer = _new_run(dataclasses.replace(config, seed=0), steps_per_epoch, np.uint32(config.seed))
     model.eval()
     eval_graphdef, _ = nnx.split((model, optimizer))
     model.train()
     train_graphdef, state = nnx.split((model, optimizer))
     return train_graphdef, eval_graphdef, state, count_params(model)
+
+
+@functools.partial(nnx.jit, static_argnums=(0, 1))
+def _new_run(config: Config, steps_per_epoch: int, seed: jax.Array) -> tuple[nnx.Module, nnx.Optimizer]:
+    """`seed`'s model and optimiser, built by one compiled program (the seed is an argument, so every
+    seed shares it and the compilation cache keeps it). Built op by op, they took ~26 small programs
+    compiled anew in every process: 0.8 s of a warm start of `gap` (benchmarks/endtoend.py)."""
+    params_key, dropout_key, _, _ = seed_streams(seed)
+    model = build(config.arch, dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+    return model, nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
 
 
 def eval_batch_size(largest_split: int, devices: int) -> int:
@@ -349,9 +382,13 @@ def seed_streams(seed: int) -> jax.Array:
     return jax.random.split(jax.random.key(seed), 4)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
 def epoch_order(seed: int, epoch: int, n: int) -> jax.Array:
     """The order in which epoch `epoch` of run `seed` visits the `n` training images."""
+    return _epoch_order(np.uint32(seed), epoch, n)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _epoch_order(seed: jax.Array, epoch: jax.Array, n: int) -> jax.Array:  # one program for every seed and epoch
     return jax.random.permutation(jax.random.fold_in(seed_streams(seed)[2], epoch), n)
 
 
@@ -448,9 +485,10 @@ class _Run:
             self.metrics = metrics
             self.position = dataclasses.replace(self.position, step=steps,
                                                 train_seconds=done_before + time.perf_counter() - start)
-            self._log(epoch=epoch + 1, step=self.global_step(), loss=loss,
-                      accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
-                      seconds=time.perf_counter() - self.started)
+            if self.log is not None:  # the schedule runs op by op: a few compilations a run without a log skips
+                self.log.write(epoch=epoch + 1, step=self.global_step(), loss=loss,
+                               accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
+                               seconds=time.perf_counter() - self.started)
             logged = (steps, loss_sum, correct, n)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)

@@ -32,7 +32,7 @@ def sgd_trainer(mnist: data.Dataset, devices: int, lr: float = LR) -> Trainer:
 def one_step(trainer: Trainer, state, i: int):
     """Step `i` of epoch 0 from `state`: (new state, its loss)."""
     state, metrics = trainer._chunk(state, jnp.zeros(3), trainer.train.images_NHW, trainer.train.labels_N,
-                                    trainer._shuffle(0), np.int32(i), np.int32(i + 1))
+                                    trainer._shuffle(0), trainer.augment_keys, np.int32(i), np.int32(i + 1))
     return state, float(metrics[0]) / trainer.config.batch_size
 
 

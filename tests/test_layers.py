@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from jaxmnist.layers import _slices, conv, conv2d, max_pool_2x2
+from jaxmnist.layers import _slices, batch_norm, conv, conv2d, max_pool_2x2
 
 
 def reference_conv(x, w, padding):
@@ -34,7 +34,9 @@ def test_conv2d_values_and_gradients_match_lax(x_shape, w_shape, padding):
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
     expected = reference_conv(x, w, padding)
-    chex.assert_trees_all_close(conv2d(x, w, padding), expected, rtol=1e-5, atol=1e-4)
+    chex.assert_trees_all_close(conv2d(x, w, padding), expected, rtol=1e-5, atol=1e-4)  # inference
+    trained, _ = jax.vjp(lambda x, w: conv2d(x, w, padding), x, w)  # training computes one channel another way
+    chex.assert_trees_all_close(trained, expected, rtol=1e-5, atol=1e-4)
     cotangent = jax.random.normal(kg, expected.shape)
 
     def pullback(f):
@@ -80,3 +82,19 @@ def test_max_pool_2x2_matches_floor_mode_reduce_window(shape):
     grad_ref = jax.grad(lambda v: (nnx.max_pool(v, (2, 2), strides=(2, 2)) ** 2).sum())(x)
     chex.assert_trees_all_close(grad_ours, grad_ref)
     assert max_pool_2x2(x).shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+
+
+def test_batch_norm_trains_as_flax_does_and_infers_the_same_function():
+    """Training (batch statistics) is Flax's code; inference is one multiply-add, equal up to rounding."""
+    k = jax.random.split(jax.random.key(2), 5)
+    x = jax.random.normal(k[0], (8, 5, 5, 6)) * 3 + 1
+    ours, flax_bn = batch_norm(6, rngs=nnx.Rngs(0)), nnx.BatchNorm(6, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    for bn in (ours, flax_bn):
+        bn.scale[...], bn.bias[...] = jax.random.normal(k[1], (6,)), jax.random.normal(k[2], (6,))
+        bn.mean[...], bn.var[...] = jax.random.normal(k[3], (6,)), jax.random.uniform(k[4], (6,), minval=0.1, maxval=4)
+    chex.assert_trees_all_close(ours(x, use_running_average=True), flax_bn(x, use_running_average=True),
+                                rtol=1e-6, atol=1e-5)
+    chex.assert_trees_all_equal(ours(x, use_running_average=False), flax_bn(x, use_running_average=False))
+    chex.assert_trees_all_equal((ours.mean[...], ours.var[...]), (flax_bn.mean[...], flax_bn.var[...]))
+    ours.eval()
+    chex.assert_trees_all_close(ours(x), flax_bn(x, use_running_average=True), rtol=1e-6, atol=1e-5)

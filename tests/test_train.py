@@ -12,10 +12,22 @@ from flax import nnx
 
 from jaxmnist import cli, data, report, sharding
 from jaxmnist.config import Config
-from jaxmnist.models import DOCUMENTED_PARAMS
-from jaxmnist.optim import averaged_params
+from jaxmnist.models import DOCUMENTED_PARAMS, build
+from jaxmnist.optim import averaged_params, make_optimizer
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import Trainer, epoch_order, epoch_steps, eval_state, fit, init_run, logits_step, loss_fn, main
+from jaxmnist.train import (
+    Evaluator,
+    Trainer,
+    epoch_order,
+    epoch_steps,
+    eval_state,
+    fit,
+    init_run,
+    logits_step,
+    loss_fn,
+    main,
+    seed_streams,
+)
 
 JSON_KEYS = {"arch", "params", "seed", "epochs", "test_accuracy", "val_accuracy", "train_seconds",
              "compile_seconds", "images_per_second", "device", "jax_version"}
@@ -154,6 +166,36 @@ def test_partial_last_batch_is_a_step_of_its_own():
     assert epoch_steps(60_000, 64) == 938  # fc: 937 * 64 + 32
     assert epoch_steps(54_000, 64) == 844  # gap: 843 * 64 + 48
     assert epoch_steps(54_000, 54_000) == 1 and epoch_steps(1, 64) == 1
+
+
+def test_the_compiled_initialisation_builds_what_building_op_by_op_does():
+    """`init_run` builds the model and optimiser in one compiled program (the seed an argument);
+    every array, the dropout key included, is the one eager construction gives."""
+    config = dataclasses.replace(RECIPES["gap"], seed=2**32 - 1)  # the largest seed: a uint32, not an int32
+    _, _, state, _ = init_run(config, steps_per_epoch=10)
+    params_key, dropout_key, _, _ = seed_streams(config.seed)
+    model = build(config.arch, dropout=config.dropout, rngs=nnx.Rngs(params=params_key, dropout=dropout_key))
+    eager = nnx.state((model, nnx.Optimizer(model, make_optimizer(config, 10), wrt=nnx.Param)))
+
+    def values(tree):
+        return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+                for x in jax.tree.leaves(tree)]
+
+    assert all(np.array_equal(a, b) for a, b in zip(values(state), values(eager), strict=True))
+
+
+def test_one_evaluation_program_serves_every_split_size(mnist):
+    config = RECIPES["gap"]
+    _, eval_graphdef, state, _ = init_run(config, steps_per_epoch=10)
+    evaluator = Evaluator(config, eval_graphdef, state, sharding.make_mesh(1), 50, [230, 100])
+    assert evaluator.block == 50  # 230 -> 5 batches of 50, 100 -> 2: blocks of gcd(5, 2) = 1 batch
+    test = mnist.test.take(np.arange(230))
+    split = evaluator.put(test)
+    assert len(split.blocks) == 5 and split.n == 230
+    whole = logits_step(eval_graphdef, state, test.images_NHW, mean=config.mean, std=config.std,
+                        split=sharding.batch_split(sharding.make_mesh(1)))
+    np.testing.assert_allclose(evaluator.logits(state, split), whole, rtol=1e-5, atol=1e-5)
+    assert evaluator.accuracy(state, split) == float(np.mean(np.asarray(whole).argmax(-1) == test.labels_N))
 
 
 def test_same_seed_same_numbers_and_another_seed_differs(mnist):
