@@ -61,12 +61,12 @@ class Saved:
     global_step: int
 
 
-
 def _orbax():
     """`orbax.checkpoint`, imported on first use: it costs every start 0.12 s, and most runs keep no folder."""
     import orbax.checkpoint as ocp
 
     return ocp
+
 
 class RunDir:
     """A run folder (`--checkpoint-dir`): its checkpoints through one orbax `CheckpointManager`."""

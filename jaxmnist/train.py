@@ -226,7 +226,6 @@ class Trainer:
         train_graphdef, eval_graphdef, _, self.params = inits[0]
         state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(i[2] for i in inits)) if runs else inits[0][2]
         keys = [seed_streams(seed)[3] for seed in every_seed]
-        self.augment_keys = jnp.stack(keys) if runs else keys[0]
 
         mesh = sharding.make_mesh(1 if runs else config.devices)
         sharding.check_batches(mesh, **{"batch size": b, "last batch": tail or b})
@@ -245,7 +244,7 @@ class Trainer:
         start = time.perf_counter()
         step_options = dict(mean=config.mean, std=config.std, split=sharding.batch_split(mesh),
                             augmentation=augmentation(config), label_smoothing=config.label_smoothing)
-        self.augment_keys = sharding.put(self.augment_keys, self.replicated)
+        self.augment_keys = sharding.put(jnp.stack(keys) if runs else keys[0], self.replicated)
         step_args = (self.state, self.zero_metrics(), self.train.images_NHW, self.train.labels_N,
                      self._shuffle(0), self.augment_keys, np.int32(0))
         programs = [_step_program(step, train_graphdef, side_by_side=bool(runs), batch_size=size, **step_options)
