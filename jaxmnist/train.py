@@ -323,8 +323,9 @@ def _step_program(step: Callable, graphdef, *, side_by_side: bool, batch_size: i
                     augment_key=key, **step_options)
 
     def every_run(state, metrics, images, labels, order, keys, *bounds):
-        return jax.vmap(lambda *per_run: one(*per_run[:2], images, labels, *per_run[2:], *bounds))(
-            state, metrics, order, keys)
+        def per_run(state, metrics, order, key):
+            return one(state, metrics, images, labels, order, key, *bounds)
+        return jax.vmap(per_run)(state, metrics, order, keys)
 
     program = every_run if side_by_side else one
     program.__name__ = step.__name__  # JAX names the compiled program (profiles, cache files) after it
