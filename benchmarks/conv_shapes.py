@@ -32,27 +32,28 @@ from jaxmnist.layers import conv2d
 # (batch, input side, in channels, out channels, padding)
 SHAPES = [(32, 24, 16, 28, 0), (64, 24, 16, 28, 0), (128, 24, 16, 28, 0), (128, 26, 8, 16, 0), (128, 9, 16, 28, 0),
           (64, 14, 16, 32, 1)]
+CALLS = 20  # per timing: back to back (PyTorch) or inside one compiled loop (JAX)
 
 
-def best_ms(repeats: int, fn, *args, calls: int = 20, looped: bool = False) -> float:
-    """The best over `repeats` of the mean time of a call: `fn` once if it loops over `calls` itself."""
+def best_ms(repeats: int, fn, *args, looped: bool = False) -> float:
+    """The best over `repeats` of the mean time of a call: `fn` once if it loops over CALLS itself."""
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for _ in range(1 if looped else calls):
+        for _ in range(1 if looped else CALLS):
             out = fn(*args)
         jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / calls * 1e3)
+        times.append((time.perf_counter() - start) / CALLS * 1e3)
     return min(times)
 
 
-def in_a_loop(fn, calls: int = 20):
-    """`calls` of `fn(x, w) -> (dx, dw)` in one compiled loop, each call's inputs nudged by the last one's outputs."""
+def in_a_loop(fn):
+    """CALLS calls of `fn(x, w) -> (dx, dw)` in one compiled loop, each fed the last one's outputs."""
     def body(_, xw):
         dx, dw = fn(*xw)
         return xw[0] + 1e-12 * dx, xw[1] + 1e-12 * dw
-    return jax.jit(lambda x, w: lax.fori_loop(0, calls, body, (x, w)))
+    return jax.jit(lambda x, w: lax.fori_loop(0, CALLS, body, (x, w)))
 
 
 def main(argv: list[str] | None = None) -> int:
