@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxmnist.cache import CACHE_ENV
-from jaxmnist.checkpoint import METRICS_FILE, RunDir, resume_config
+from jaxmnist.checkpoint import METRICS_FILE, RunDir, differences, resume_config
 from jaxmnist.config import OPTIMIZERS, SCHEDULES, Config
 from jaxmnist.data import DATA_DIR_ENV, DATASETS
 from jaxmnist.errors import ConfigError
@@ -125,12 +125,15 @@ def check_outputs(args: argparse.Namespace) -> None:
                           "with --checkpoint-dir DIR.")
     if args.plot:
         require_matplotlib("--plot")
-    # A metrics log the user did not name goes into the run folder or beside the plot, checked with them.
-    for flag, path in {"--json": args.json, "--plot": args.plot, "--metrics": args.metrics}.items():
-        if path is not None:
-            check_writable(flag, Path(path))
     if args.checkpoint_dir:
         check_writable("--checkpoint-dir", Path(args.checkpoint_dir), folder=True)
+    # A metrics log the user did not name goes into the run folder or beside the plot, checked with them.
+    # A file directly in the run folder is fine before the run creates that folder.
+    run_folder = Path(args.checkpoint_dir).expanduser().absolute() if args.checkpoint_dir else None
+    for flag, path in {"--json": args.json, "--plot": args.plot, "--metrics": args.metrics}.items():
+        if path is not None and not (run_folder and Path(path).expanduser().absolute().parent == run_folder
+                                     and not Path(path).is_dir()):
+            check_writable(flag, Path(path))
 
 
 def check_writable(flag: str, path: Path, folder: bool = False, outcome: str = "Nothing was trained.") -> None:
@@ -150,15 +153,28 @@ def check_writable(flag: str, path: Path, folder: bool = False, outcome: str = "
         raise ConfigError(f"Invalid configuration: {flag} {path}: {problem}. {outcome}")
 
 
-def run_config(args: argparse.Namespace, config: Config, run_dir: RunDir) -> Config:
-    """The run's Config with a run folder: the checkpoint's own with --resume (the command line may
-    only move the data or the devices), else `config`, refusing to overwrite another run."""
-    if not args.resume:
-        if run_dir.has_checkpoint():
-            raise ConfigError(f"Invalid configuration: {run_dir.path} already holds a run's checkpoints: continue "
-                              f"it with --resume, or give the new run another --checkpoint-dir.")
-        return config
-    # A named recipe (--arch or --recipe) asks for all of its fields; otherwise only the flags given.
-    explicit = {f.name for f in dataclasses.fields(Config)} if args.arch or args.recipe else set(_overrides(args))
-    return resume_config(run_dir.latest(), config, explicit, run_dir.path)
+def run_config(args: argparse.Namespace, config: Config, run_dir: RunDir) -> tuple[Config, bool]:
+    """The run's Config with a run folder, and whether it continues the run kept there.
 
+    A folder keeping a run (checkpoints, or the config.json of one stopped before its first)
+    is continued by the same command: the requested configuration must be the kept one (only
+    where the data lives and what runs it may change). With --resume the kept configuration is
+    used as it is, and only those flags may be given. Another run's folder is refused.
+    """
+    kept = run_dir.kept_config()
+    if kept is None:
+        if args.resume:
+            raise ConfigError(f"Invalid configuration: {run_dir.path} holds no run to resume: train with "
+                              f"--checkpoint-dir {run_dir.path} first (without --resume), or point --checkpoint-dir "
+                              "at the folder a run wrote.")
+        return config, False
+    if args.resume:
+        # A named recipe (--arch or --recipe) asks for all of its fields; otherwise only the flags given.
+        explicit = {f.name for f in dataclasses.fields(Config)} if args.arch or args.recipe else set(_overrides(args))
+        return resume_config(kept, config, explicit, run_dir.path), True
+    what = differences(config, kept, (f.name for f in dataclasses.fields(Config)))
+    if what:
+        raise ConfigError(f"Invalid configuration: {run_dir.path} keeps another run ({what}): continue that run with "
+                          f"its own command (or --resume --checkpoint-dir {run_dir.path}), or give this run another "
+                          "--checkpoint-dir.")
+    return config, True

@@ -17,6 +17,14 @@ class ConfigError(JaxMnistError):
     """An impossible or unknown run configuration."""
 
 
+class CheckpointError(JaxMnistError):
+    """A damaged, incomplete or unreadable checkpoint: it is refused by name, never evaluated."""
+
+
+class FolderInUse(JaxMnistError):
+    """Another process is writing the run folder (one writer per folder)."""
+
+
 class Diverged(JaxMnistError):
     """The loss became non-finite: the run stopped (the CLI exits with status 3)."""
 

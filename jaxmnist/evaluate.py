@@ -1,6 +1,6 @@
-"""Evaluate a run folder's newest checkpoint on the test split: accuracy, per class, and its mistakes.
+"""Evaluate a run folder's checkpoint (newest, or --step N) on the test split: accuracy, per class, mistakes.
 
-    python -m jaxmnist.evaluate --checkpoint-dir DIR [--data-dir D] [--json PATH] [--png PATH]
+    python -m jaxmnist.evaluate --checkpoint-dir DIR [--step N] [--data-dir D] [--json PATH] [--png PATH]
 
 The test accuracy goes through `train.Evaluator` with the evaluation batch training used, so it is
 the run's reported test accuracy to the last digit. `load_run` is the loading half, shared with
@@ -49,43 +49,51 @@ class LoadedRun:
         return Evaluator(self.config, self.eval_graphdef, self.state, self.mesh, batch, sizes)
 
 
-def open_run_dir(path: str | Path) -> tuple[RunDir, Saved]:
-    """The run folder at `path` and its newest checkpoint; ConfigError naming the fix if it has none.
+def open_run_dir(path: str | Path, step: int | None = None) -> tuple[RunDir, Saved]:
+    """The run folder at `path` and its checkpoint `step` (None: the newest), its metadata verified.
 
-    The caller closes the RunDir.
+    Raises ConfigError or CheckpointError naming the fix. The caller closes the RunDir.
     """
     run_dir = RunDir(path)
     if not run_dir.path.is_dir():
         raise ConfigError(f"Invalid configuration: --checkpoint-dir {run_dir.path} is not a folder: point it at the "
                           "folder a run wrote with `python -m jaxmnist.train --checkpoint-dir DIR`.")
-    return run_dir, run_dir.latest()
+    try:
+        saved = run_dir.read(step)
+        run_dir.check_config_file(saved)
+    except JaxMnistError:
+        run_dir.close()
+        raise
+    return run_dir, saved
 
 
-def load_run(path: str | Path, devices: int | None = 1) -> LoadedRun:
-    """Restores the newest checkpoint in run folder `path` onto a mesh of `devices` devices (None: all).
+def load_run(path: str | Path, devices: int | None = 1, step: int | None = None) -> LoadedRun:
+    """Restores checkpoint `step` (None: the newest) of run folder `path` onto a mesh of `devices`
+    devices (None: all), verified against its checksums.
 
     The model and optimiser are built as the run built them, with one step per epoch: only the
     learning-rate schedule depends on it, and that is a function, not an array of the checkpoint.
 
     Raises:
         ConfigError: `path` is not a run folder with a checkpoint, or `devices` are not there.
+        CheckpointError: the checkpoint is damaged.
     """
-    run_dir, saved = open_run_dir(path)
+    run_dir, saved = open_run_dir(path, step)
     try:
         _, eval_graphdef, state, _ = init_run(saved.config, 1)
         mesh = sharding.make_mesh(devices)
         placement = sharding.replicated(mesh)
         # The checkpoint's tree is `Trainer.checkpoint_arrays`: the state and the epoch's running metrics.
         target = {"state": sharding.put(state, placement), "metrics": sharding.put(np.zeros(3, np.float32), placement)}
-        state = run_dir.restore(saved.global_step, target)["state"]
+        state = run_dir.restore(saved, target)["state"]
     finally:
         run_dir.close()
     return LoadedRun(run_dir.path, saved, eval_graphdef, state, mesh)
 
 
-def check_run(path: str | Path) -> None:
-    """Fails before any work when `path` is not a run folder with a checkpoint."""
-    run_dir, _ = open_run_dir(path)
+def check_run(path: str | Path, step: int | None = None) -> None:
+    """Fails before any work when `path` is not a run folder with an intact-looking checkpoint `step`."""
+    run_dir, _ = open_run_dir(path, step)
     run_dir.close()
 
 
@@ -212,6 +220,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = cli.Parser(prog=prog, description=description)
     parser.add_argument("--checkpoint-dir", required=True, metavar="DIR",
                         help="the run folder `python -m jaxmnist.train --checkpoint-dir DIR` wrote")
+    parser.add_argument("--step", type=int, default=None, metavar="N",
+                        help="the checkpoint at global step N (default: the newest; `ls DIR/checkpoints` lists them)")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="devices to split the batches across (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -235,13 +245,13 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--png", metavar="PATH",
                         help="also draw the confusion matrix and the surest mistakes into a PNG (needs matplotlib)")
     args = parser.parse_args(argv)
-    check_run(args.checkpoint_dir)
+    check_run(args.checkpoint_dir, args.step)
     check_output("--json", args.json)
     check_output("--png", args.png)
     if args.png:
         require_matplotlib("--png")
 
-    run = load_run(args.checkpoint_dir, args.devices)
+    run = load_run(args.checkpoint_dir, args.devices, args.step)
     config = run.config
     test = data.load(config.dataset, args.data_dir or config.data_dir, verify_checksums=config.verify_checksums).test
     result = evaluate(run, test)

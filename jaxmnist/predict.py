@@ -2,8 +2,8 @@
 
     python -m jaxmnist.predict --checkpoint-dir DIR digit.png photo.jpg [--json PATH]
 
-Any image Pillow opens, of any size, dark ink on light paper or light on dark, is brought into
-MNIST's form first (`to_mnist`), as the dataset's authors did with NIST's scans.
+Any image Pillow opens, of any size, dark ink on light paper or light on dark, transparent or not,
+is brought into MNIST's form first (`to_mnist`), as the dataset's authors did with NIST's scans.
 """
 
 from __future__ import annotations
@@ -74,18 +74,33 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"))
+            greys = _as_seen(image)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist: give the path of an image file (PNG, JPEG, ...).") from None
     except (UnidentifiedImageError, OSError) as e:
         reason = "Pillow cannot read it as an image" if isinstance(e, UnidentifiedImageError) else e.strerror or e
         raise DataError(f"{path} is not an image jaxmnist can read ({reason}): give a PNG, JPEG or other "
                         "file Pillow opens.") from None
-    try:
-        return to_mnist(grey)
-    except ValueError as e:
-        raise DataError(f"{path} is blank ({e}): give a picture of one digit, dark on light or light on "
-                        "dark.") from None
+    for grey in greys:
+        try:
+            return to_mnist(grey)
+        except ValueError as e:
+            blank = e
+    raise DataError(f"{path} is blank ({blank}): give a picture of one digit, dark on light or light on "
+                    "dark.") from None
+
+
+def _as_seen(image) -> list[np.ndarray]:
+    """The picture in grey levels as a person sees it. A transparent one is composited on white, as
+    a paint program's canvas shows it, then, should that leave no ink (light ink on a transparent
+    canvas), on black: both views are returned, in that order."""
+    from PIL import Image
+
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return [np.asarray(image.convert("L"))]
+    rgba = image.convert("RGBA")
+    return [np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (v, v, v, 255)), rgba).convert("L"))
+            for v in (255, 0)]
 
 
 def predict(run: LoadedRun, images_NHW: np.ndarray) -> np.ndarray:
@@ -102,11 +117,11 @@ def _main(argv: Sequence[str] | None) -> int:
                           "on dark, any size) with a run folder's newest checkpoint.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit (or garment) each")
     args = parser.parse_args(argv)
-    check_run(args.checkpoint_dir)
+    check_run(args.checkpoint_dir, args.step)
     check_output("--json", args.json, "Nothing was predicted.")
     images_NHW = np.stack([read_image(path) for path in args.images])
 
-    run = load_run(args.checkpoint_dir, args.devices)
+    run = load_run(args.checkpoint_dir, args.devices, args.step)
     names = data.class_names(run.config.dataset)
     probabilities_NK = predict(run, images_NHW)
     results = []

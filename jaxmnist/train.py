@@ -402,7 +402,8 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
         dataset: already loaded data (else loaded as `config` says).
         progress: draw a progress bar with running loss and accuracy on stderr (process 0 only).
         run_dir: checkpoint after every epoch (and when stopped) into this run folder (the caller closes it).
-        resume: continue from `run_dir`'s newest checkpoint, whose configuration `config` must be.
+        resume: continue from `run_dir`'s newest intact checkpoint, whose configuration `config` must be
+            (from the beginning when none is intact; damaged ones are moved aside, and each is named).
         metrics_path: write the metrics log here (JSON lines).
         should_stop: polled between chunks of steps; when true, the run checkpoints and stops.
 
@@ -432,16 +433,34 @@ class _Run:
         self.main = distributed.is_main_process()
         self.progress = progress and self.main
         self.position, self.metrics = Position(), trainer.zero_metrics()
-        if resume:
-            saved = run_dir.latest()
-            arrays = run_dir.restore(saved.global_step, trainer.checkpoint_arrays(self.metrics))
-            trainer.state, self.metrics, self.position = arrays["state"], arrays["metrics"], saved.position
-        elif run_dir is not None:
+        resumed = resume and self._resume()
+        if run_dir is not None:
             run_dir.start(config)
-        self.log = MetricsLog(metrics_path, self.global_step() if resume else None) if metrics_path and self.main \
+        self.log = MetricsLog(metrics_path, self.global_step() if resumed else None) if metrics_path and self.main \
             else None
         self.schedule = make_schedule(config, trainer.steps_per_epoch)
         self.started = time.perf_counter()
+
+    def _resume(self) -> bool:
+        """Continues from the run folder's newest intact checkpoint, saying which (and which damaged
+        ones it passed over); False when there is none, and the run starts from the beginning."""
+        run_dir, say = self.run_dir, self._say
+        saved, arrays, skipped = run_dir.newest_intact(lambda _: self.trainer.checkpoint_arrays(self.metrics))
+        for s in skipped:
+            say(f"checkpoint {s.global_step} in {run_dir.path} is damaged ({s.problem}): passed over, and moved to "
+                f"{s.moved_to}.")
+        if saved is None:
+            say(f"{run_dir.path} keeps this run but no intact checkpoint of it: starting it from the beginning.")
+            return False
+        self.trainer.state, self.metrics, self.position = arrays["state"], arrays["metrics"], saved.position
+        done = "all its epochs done" if saved.position.epoch == self.config.epochs else \
+            f"epoch {saved.position.epoch + 1}, step {saved.position.step}"
+        say(f"continuing the run in {run_dir.path} from checkpoint {saved.global_step} ({done}).")
+        return True
+
+    def _say(self, line: str) -> None:
+        if self.main:
+            print(f"jaxmnist: {line}", file=sys.stderr)
 
     def global_step(self) -> int:
         return self.position.epoch * self.trainer.steps_per_epoch + self.position.step
@@ -476,27 +495,33 @@ class _Run:
         trainer = self.trainer
         start, done_before = time.perf_counter(), self.position.train_seconds
         logged = (self.position.step, *(float(x) for x in jax.device_get(self.metrics)))
+        checked = logged
         for steps, metrics in trainer.chunks(epoch, self.position.step, self.metrics, keep_last=bool(self.run_dir)):
             loss_sum, correct, n = (float(x) for x in jax.device_get(metrics))
-            images = n - logged[3]
-            loss = (loss_sum - logged[1]) / images
-            if not loss <= DIVERGED_LOSS:  # NaN too
-                self._diverged(epoch, steps, loss)
+            if not (loss_sum - checked[1]) / (n - checked[3]) <= DIVERGED_LOSS:  # NaN too
+                self._diverged(epoch, steps, (loss_sum - checked[1]) / (n - checked[3]))
+            checked = (steps, loss_sum, correct, n)
             self.metrics = metrics
             self.position = dataclasses.replace(self.position, step=steps,
                                                 train_seconds=done_before + time.perf_counter() - start)
-            if self.log is not None:  # the schedule runs op by op: a few compilations a run without a log skips
-                self.log.write(epoch=epoch + 1, step=self.global_step(), loss=loss,
-                               accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
-                               seconds=time.perf_counter() - self.started)
-            logged = (steps, loss_sum, correct, n)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
                 bar.update(steps - bar.n)
+            # The epoch's smaller last batch is one step of its own program: logged alone, its handful of
+            # images would plot as a point of its own (noise), so it joins the chunk before it, and the
+            # run stops only after it.
+            if steps == trainer.full_steps < trainer.steps_per_epoch:
+                continue
+            if self.log is not None:  # the schedule runs op by op: a few compilations a run without a log skips
+                images = n - logged[3]
+                self.log.write(epoch=epoch + 1, step=self.global_step(), loss=(loss_sum - logged[1]) / images,
+                               accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
+                               seconds=time.perf_counter() - self.started)
+            logged = checked
             if steps < trainer.steps_per_epoch and self.should_stop():
                 self._save()
                 raise Interrupted(self._stopped_text())
-        loss_sum, correct, n = logged[1:]
+        loss_sum, correct, n = checked[1:]
         return loss_sum / n, correct / n, self.position.train_seconds
 
     def _diverged(self, epoch: int, steps: int, loss: float) -> None:
@@ -568,11 +593,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = None
     try:
         cli.check_outputs(args)
+        config.validate()  # before the run folder is touched
         cache.enable(args.cache_dir)
+        resume = False
         if args.checkpoint_dir:
+            distributed.initialize(config.distributed)  # the lock is the main process's, so this comes first
             run_dir = RunDir(args.checkpoint_dir, args.keep)
-            config = cli.run_config(args, config, run_dir)
-        result = fit(config, progress=not args.no_progress, run_dir=run_dir, resume=args.resume,
+            if took_over := run_dir.lock():
+                print(f"jaxmnist: {took_over}.", file=sys.stderr)
+            config, resume = cli.run_config(args, config, run_dir)
+        result = fit(config, progress=not args.no_progress, run_dir=run_dir, resume=resume,
                      metrics_path=cli.metrics_path(args), should_stop=stop.requested)
     except Diverged as e:
         print(f"jaxmnist: error: {e}", file=sys.stderr)

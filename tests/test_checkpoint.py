@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def arrays(folder: Path) -> list[np.ndarray]:
     run_dir = RunDir(folder)
     saved = run_dir.latest()
     _, _, state, _ = init_run(saved.config, 1)
-    restored = run_dir.restore(saved.global_step, {"state": state, "metrics": jax.numpy.zeros(3)})
+    restored = run_dir.restore(saved, {"state": state, "metrics": jax.numpy.zeros(3)})
     run_dir.close()
     return host(restored)
 
@@ -103,15 +104,23 @@ def test_resume_refuses_another_run_and_a_new_run_refuses_a_used_folder(trained_
     assert main(["--resume", "--checkpoint-dir", str(trained_run), "--lr", "0.1", "--no-progress"]) == 2
     assert "lr 0.015, not 0.1" in capsys.readouterr().err
     assert main(["--arch", "gap", "--checkpoint-dir", str(trained_run), "--data-dir", str(mnist_dir)]) == 2
-    assert "already holds a run's checkpoints: continue it with --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{trained_run} keeps another run (train_size 6400, not None): continue that run with its own command" in err
+    assert err.strip().count("\n") == 0
 
 
 def test_resuming_a_finished_run_reports_it_again(trained_run, capsys):
-    """Nothing left to train: the summary comes from the checkpoint, moving the data is allowed."""
+    """Nothing left to train: the summary comes from the checkpoint, moving the data is allowed;
+    the run's own command does the same."""
     summary = json.loads((trained_run.parent / "train.json").read_text())
     assert main(["--resume", "--checkpoint-dir", str(trained_run), "--no-progress",
                  "--data-dir", summary["config"]["data_dir"]]) == 0
     assert f"{summary['test_accuracy']:.2%}" in capsys.readouterr().out
+    assert main(["--arch", "gap", "--train-size", "6400", "--checkpoint-dir", str(trained_run), "--no-progress",
+                 "--data-dir", summary["config"]["data_dir"]]) == 0
+    out, err = capsys.readouterr()
+    assert f"{summary['test_accuracy']:.2%}" in out
+    assert f"jaxmnist: continuing the run in {trained_run} from checkpoint 100 (all its epochs done)." in err
 
 
 def test_the_run_folder_holds_config_metrics_summary_and_checkpoints(trained_run):
@@ -139,7 +148,7 @@ def test_a_checkpoint_restores_the_exact_state(mnist, tmp_path):
     run_dir.save(10, config, Position(1), trainer.checkpoint_arrays(trainer.zero_metrics()))
     fresh = Trainer(config, mnist.train.take(np.arange(640)), mnist.test.take(np.arange(500)))
     assert fresh.evaluate(fresh.eval_splits[0]) != accuracy
-    fresh.state = run_dir.restore(10, fresh.checkpoint_arrays(fresh.zero_metrics()))["state"]
+    fresh.state = run_dir.restore(run_dir.read(10), fresh.checkpoint_arrays(fresh.zero_metrics()))["state"]
     run_dir.close()
     assert all(np.array_equal(a, b) for a, b in zip(saved, host(fresh.state)))
     assert fresh.evaluate(fresh.eval_splits[0]) == accuracy
@@ -161,3 +170,236 @@ def test_a_diverging_run_stops_with_3_naming_the_step_and_the_fix(folder, mnist_
         assert "The last finite state (step 0 of epoch 1) is checkpointed in" in err
         saved = RunDir(tmp_path / "run").latest()
         assert (saved.global_step, saved.position.step) == (0, 0)
+
+
+# Integrity -------------------------------------------------------------------------------------
+
+# fc on 6,440 images: 100 full batches of 64 and a last one of 40, for two epochs: checkpoints at
+# steps 101 and 202. Its plot and summary are named inside the folder the run creates.
+FC = ["--arch", "fc", "--train-size", "6440", "--epochs", "2", "--no-progress"]
+
+
+def fc_command(mnist_dir: Path, folder: Path, *extra: str) -> list[str]:
+    return [*FC, "--data-dir", str(mnist_dir), "--checkpoint-dir", str(folder), *extra]
+
+
+@pytest.fixture(scope="module")
+def fc_run(mnist_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fc") / "run"
+    assert main(fc_command(mnist_dir, folder, "--plot", str(folder / "curves.png"),
+                           "--json", str(folder / "train.json"))) == 0
+    return folder
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def array_file(folder: Path, step: int) -> Path:
+    """The largest file of checkpoint `step`'s array data (TensorStore's OCDBT data files)."""
+    files = [f for f in (folder / "checkpoints" / str(step) / "arrays").rglob("*")
+             if f.is_file() and f.parent.name == "d"]
+    return max(files, key=lambda f: f.stat().st_size)
+
+
+def flip_bits(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in (len(data) // 2, len(data) // 2 + 1):
+        data[i] ^= 0x24
+    path.write_bytes(bytes(data))
+
+
+def damage(folder: Path, how: str, step: int = 202) -> None:
+    checkpoint = folder / "checkpoints" / str(step)
+    if how == "flipped bits":
+        flip_bits(array_file(folder, step))
+    elif how == "truncated file":
+        path = array_file(folder, step)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "missing file":
+        array_file(folder, step).unlink()
+    elif how == "missing part":
+        shutil.rmtree(checkpoint / "integrity")
+    elif how == "edited metadata":
+        path = checkpoint / "progress" / "metadata"
+        path.write_text(path.read_text().replace('"lr": 0.001', '"lr": 0.002'))
+    else:
+        raise AssertionError(how)
+
+
+def one_paragraph(err: str) -> str:
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    return err
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("flipped bits", "does not match the checksum recorded when it was saved (changed bytes, such as a flipped bit)"),
+    ("truncated file", "bytes long, not the "),
+    ("missing file", "is missing"),
+    ("missing part", "its file integrity/commit_success.txt is missing"),
+    ("edited metadata", "its file progress/metadata does not match the checksum"),
+])
+def test_a_damaged_checkpoint_is_refused_by_name_and_another_can_be_chosen(how, problem, fc_run, tmp_path, capsys):
+    from jaxmnist import evaluate
+
+    folder = copy_of(fc_run, tmp_path)
+    damage(folder, how)
+    assert evaluate.main(["--checkpoint-dir", str(folder)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert f"jaxmnist: error: Checkpoint 202 in {folder} is damaged: " in err and problem in err
+    assert "Nothing was computed from it. To go on, choose another checkpoint with --step N (this folder also " \
+           "holds steps 101)" in err
+    assert evaluate.main(["--checkpoint-dir", str(folder), "--step", "101"]) == 0
+    assert "checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("flipped bits", "1 of its 36 arrays (['state'][1]['opt_state'][2][0]['mu']['fc1']['kernel'].value) do not match "
+                     "the checksums recorded when it was saved"),
+    ("edited metadata", "its metadata (configuration and position) does not match the checksum recorded"),
+])
+def test_damage_the_file_list_missed_is_caught_by_the_arrays_and_metadata_checksums(how, problem, fc_run, tmp_path,
+                                                                                     capsys):
+    """Bytes that were wrong before the file list was made (a bad write, say): the list agrees with
+    them, and the checksums of the arrays restored and of the metadata read still refuse them."""
+    from jaxmnist import checkpoint, evaluate
+
+    folder = copy_of(fc_run, tmp_path)
+    damage(folder, how)
+    step_folder = folder / "checkpoints" / "202"
+    checkpoint.write_json(step_folder / checkpoint.FILE_LIST, checkpoint._file_digests(step_folder))
+    assert evaluate.main(["--checkpoint-dir", str(folder)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert f"Checkpoint 202 in {folder} is damaged: {problem}" in err
+
+
+def test_predict_refuses_a_damaged_checkpoint(fc_run, mnist, tmp_path, capsys):
+    from PIL import Image
+
+    from jaxmnist import predict
+
+    folder = copy_of(fc_run, tmp_path)
+    flip_bits(array_file(folder, 202))
+    Image.fromarray(mnist.test.images_NHW[0]).save(tmp_path / "digit.png")
+    assert predict.main(["--checkpoint-dir", str(folder), str(tmp_path / "digit.png")]) == 2
+    assert f"Checkpoint 202 in {folder} is damaged" in one_paragraph(capsys.readouterr().err)
+    assert predict.main(["--checkpoint-dir", str(folder), "--step", "101", str(tmp_path / "digit.png")]) == 0
+
+
+def summary_numbers(folder: Path) -> list:
+    per_epoch = json.loads((folder / "summary.json").read_text())["per_epoch"]
+    return [[e[k] for k in ("train_loss", "train_accuracy", "test_accuracy")] for e in per_epoch]
+
+
+def test_the_same_command_resumes_past_a_damaged_checkpoint_to_the_same_result(fc_run, mnist_dir, tmp_path,
+                                                                                 capsys):
+    folder = copy_of(fc_run, tmp_path)
+    flip_bits(array_file(folder, 202))
+    assert main(fc_command(mnist_dir, folder)) == 0
+    err = capsys.readouterr().err
+    assert f"jaxmnist: checkpoint 202 in {folder} is damaged (its file arrays/" in err
+    assert f"passed over, and moved to {folder / 'damaged' / '202'}." in err
+    assert f"jaxmnist: continuing the run in {folder} from checkpoint 101 (epoch 2, step 0)." in err
+    assert summary_numbers(folder) == summary_numbers(fc_run)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays(fc_run), arrays(folder)))
+    assert (folder / "damaged" / "202" / "arrays").is_dir()  # kept for inspection, nothing lost
+
+
+def test_with_no_intact_checkpoint_the_same_command_starts_over_saying_so(fc_run, mnist_dir, tmp_path, capsys):
+    folder = copy_of(fc_run, tmp_path)
+    damage(folder, "truncated file", 101)
+    damage(folder, "missing part", 202)
+    assert main(fc_command(mnist_dir, folder)) == 0
+    err = capsys.readouterr().err
+    assert err.count("is damaged") == 2
+    assert f"jaxmnist: {folder} keeps this run but no intact checkpoint of it: starting it from the beginning." in err
+    assert summary_numbers(folder) == summary_numbers(fc_run)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_or_killed_mid_save_continues_with_the_same_command(
+        fc_run, mnist_dir, tmp_path, capsys):
+    folder = copy_of(fc_run, tmp_path)
+    # A kill while checkpoint 202 was being written leaves orbax's temporary folder, not a checkpoint.
+    (folder / "checkpoints" / "202").rename(folder / "checkpoints" / "202.orbax-checkpoint-tmp")
+    assert RunDir(folder).latest().global_step == 101
+    assert main(fc_command(mnist_dir, folder)) == 0
+    assert "from checkpoint 101 (epoch 2, step 0)" in capsys.readouterr().err
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["101", "202"]
+    assert summary_numbers(folder) == summary_numbers(fc_run)
+
+    # Killed before its first checkpoint: the folder holds the run's config.json only.
+    shutil.rmtree(folder / "checkpoints")
+    (folder / "summary.json").unlink()
+    assert main(fc_command(mnist_dir, folder)) == 0
+    assert "keeps this run but no intact checkpoint of it: starting it from the beginning" in capsys.readouterr().err
+    assert summary_numbers(folder) == summary_numbers(fc_run)
+    # --resume, as scripts use it, does the same.
+    shutil.rmtree(folder / "checkpoints")
+    assert main(["--resume", "--checkpoint-dir", str(folder), "--no-progress"]) == 0
+    assert summary_numbers(folder) == summary_numbers(fc_run)
+
+
+def test_an_edited_config_json_is_refused(fc_run, mnist_dir, tmp_path, capsys):
+    from jaxmnist import evaluate
+
+    folder = copy_of(fc_run, tmp_path)
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"arch": "fc"', '"arch": "gap"'))
+    assert evaluate.main(["--checkpoint-dir", str(folder)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert f"{config} disagrees with the run's checkpoints: checkpoint 202 was trained with arch 'fc', not 'gap' as " \
+           "the file says" in err and f"delete {config}" in err
+    assert main(fc_command(mnist_dir, folder)) == 2
+    assert "disagrees with the run's checkpoints" in one_paragraph(capsys.readouterr().err)
+    config.write_text("{\"arch\": ")  # cut short
+    assert evaluate.main(["--checkpoint-dir", str(folder)]) == 2
+    assert f"{config} is damaged: it is not a jaxmnist run's configuration" in one_paragraph(capsys.readouterr().err)
+    config.unlink()  # the fix it names: the checkpoints say all
+    assert evaluate.main(["--checkpoint-dir", str(folder)]) == 0
+    config.write_text("{\"arch\": ")
+    shutil.rmtree(folder / "checkpoints")
+    assert main(fc_command(mnist_dir, folder)) == 2
+    assert f"{config} is damaged: it is not a jaxmnist run's configuration" in one_paragraph(capsys.readouterr().err)
+
+
+def tree_state(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_readers_leave_the_run_folder_exactly_as_it_was(fc_run, mnist, tmp_path):
+    """evaluate, predict and plot write nothing into the folder (and take no lock): a read-only
+    folder serves them, and they never disturb a run writing it."""
+    from PIL import Image
+
+    from jaxmnist import evaluate, plot, predict
+
+    folder = copy_of(fc_run, tmp_path)
+    before = tree_state(folder)
+    Image.fromarray(mnist.test.images_NHW[0]).save(tmp_path / "digit.png")
+    assert evaluate.main(["--checkpoint-dir", str(folder)]) == 0
+    assert predict.main(["--checkpoint-dir", str(folder), str(tmp_path / "digit.png")]) == 0
+    assert plot.main(["--checkpoint-dir", str(folder), str(tmp_path / "curves.png")]) == 0
+    assert tree_state(folder) == before
+
+
+def test_the_last_smaller_batch_is_logged_with_the_chunk_before_it(fc_run):
+    records = read_metrics(fc_run / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [50, 101, 151, 202]
+    assert [r["step"] for r in records if "test_accuracy" in r] == [101, 202]
+    # Outputs named inside the folder the run created were written there.
+    assert (fc_run / "curves.png").is_file() and json.loads((fc_run / "train.json").read_text())["epochs"] == 2
+
+
+def test_a_metrics_log_cut_short_still_plots_and_a_damaged_one_is_named(fc_run, tmp_path, capsys):
+    from jaxmnist import plot
+
+    folder = copy_of(fc_run, tmp_path)
+    log = folder / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines) + "\n" + lines[0][:20])  # killed mid-write
+    assert [r["step"] for r in read_metrics(log)] == [r["step"] for r in read_metrics(fc_run / "metrics.jsonl")]
+    assert plot.main(["--checkpoint-dir", str(folder), str(tmp_path / "curves.png")]) == 0
+    capsys.readouterr()
+    log.write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+    assert plot.main(["--checkpoint-dir", str(folder), str(tmp_path / "curves.png")]) == 2
+    assert f"The metrics log {log} is damaged: line 2 is not a record" in one_paragraph(capsys.readouterr().err)

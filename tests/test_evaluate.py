@@ -142,3 +142,21 @@ def test_plot_draws_the_learning_curves(trained_run, tmp_path):
         assert image.format == "PNG" and image.width > 1000 and image.height > 300
     assert plot.main(["--checkpoint-dir", str(trained_run), str(tmp_path / "cli.png")]) == 0
     assert plot.main(["--metrics", str(tmp_path / "none.jsonl"), str(png)]) == 2
+
+
+def test_predict_reads_transparent_digits_as_they_are_seen(loaded, mnist, tmp_path):
+    """A digit drawn in a paint program on a transparent canvas: the ink in the alpha channel, black
+    or white. Each reads as the same digit saved as plain grey levels."""
+    digits_NHW = mnist.test.images_NHW[:10]
+    files = {}
+    for i, digit_HW in enumerate(digits_NHW):
+        for colour in (0, 255):
+            rgba_HW4 = np.zeros((*digit_HW.shape, 4), np.uint8)
+            rgba_HW4[..., :3], rgba_HW4[..., 3] = colour, digit_HW
+            files[(i, colour)] = tmp_path / f"{i}_{colour}.png"
+            Image.fromarray(rgba_HW4, "RGBA").save(files[(i, colour)])
+    for (i, _), path in files.items():
+        np.testing.assert_array_equal(predict.read_image(path), predict.to_mnist(digits_NHW[i]))
+    plain = predict.predict(loaded, np.stack([predict.to_mnist(d) for d in digits_NHW]))
+    seen = predict.predict(loaded, np.stack([predict.read_image(files[(i, 0)]) for i in range(10)]))
+    np.testing.assert_array_equal(seen, plain)
