@@ -164,6 +164,9 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        """Nothing to release: each write opens and closes the file, so that readers see every line at once."""
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
