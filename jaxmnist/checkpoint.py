@@ -443,6 +443,9 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        """Nothing to release: each write opens and closes the file, so that readers see every line at once."""
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics log. A last line cut short (a run killed mid-write) is left out.

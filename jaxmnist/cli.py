@@ -16,6 +16,7 @@ from jaxmnist.errors import ConfigError
 from jaxmnist.models import MODELS
 from jaxmnist.plot import require_matplotlib
 from jaxmnist.recipes import RECIPES
+from jaxmnist.tensorboard import require_tensorboardx
 
 _NONE = "none"  # spelling of None on the command line, for fields such as --clip-norm
 # argparse's None means "flag not given"; an explicit "none" parses to this marker instead.
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw the learning curves into a PNG at PATH when the run ends (the plot extra: "
                              "matplotlib); the metrics log goes beside it unless --metrics or --checkpoint-dir "
                              "says where")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also write the metrics log's scalars (loss, accuracy, learning rate; train loss and "
+                             "accuracy, val/test accuracy per epoch) as TensorBoard event files into DIR, created if "
+                             "missing (the tensorboard extra: tensorboardX); view them with `tensorboard --logdir DIR`")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help=f"JAX's persistent compilation cache, so that later runs skip compiling (default: "
                              f"${CACHE_ENV}, else $XDG_CACHE_HOME/jaxmnist/xla); none turns it off")
@@ -125,8 +130,11 @@ def check_outputs(args: argparse.Namespace) -> None:
                           "with --checkpoint-dir DIR.")
     if args.plot:
         require_matplotlib("--plot")
-    if args.checkpoint_dir:
-        check_writable("--checkpoint-dir", Path(args.checkpoint_dir), folder=True)
+    if args.tensorboard:
+        require_tensorboardx("--tensorboard")
+    for flag, folder in {"--checkpoint-dir": args.checkpoint_dir, "--tensorboard": args.tensorboard}.items():
+        if folder:
+            check_writable(flag, Path(folder), folder=True)
     # A metrics log the user did not name goes into the run folder or beside the plot, checked with them.
     # A file directly in the run folder is fine before the run creates that folder.
     run_folder = Path(args.checkpoint_dir).expanduser().absolute() if args.checkpoint_dir else None

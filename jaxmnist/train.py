@@ -34,6 +34,7 @@ from jaxmnist.errors import Diverged, Interrupted, JaxMnistError
 from jaxmnist.models import build, count_params
 from jaxmnist.optim import averaged_params, make_optimizer, make_schedule
 from jaxmnist.results import EpochResult, Result
+from jaxmnist.tensorboard import TensorBoardLog
 
 EVAL_BATCH = 100  # images per evaluation step: small enough for the activations to stay in cache
 PROGRESS_EVERY = 50  # steps per compiled chunk; the progress bar redraws (and syncs) between chunks
@@ -393,7 +394,7 @@ def _epoch_order(seed: jax.Array, epoch: jax.Array, n: int) -> jax.Array:  # one
 
 
 def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool = True, run_dir: RunDir | None = None,
-        resume: bool = False, metrics_path: str | Path | None = None,
+        resume: bool = False, metrics_path: str | Path | None = None, tensorboard_dir: str | Path | None = None,
         should_stop: Callable[[], bool] = lambda: False) -> Result:
     """Trains `config` and evaluates after every epoch.
 
@@ -405,6 +406,8 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
         resume: continue from `run_dir`'s newest intact checkpoint, whose configuration `config` must be
             (from the beginning when none is intact; damaged ones are moved aside, and each is named).
         metrics_path: write the metrics log here (JSON lines).
+        tensorboard_dir: write the metrics log's scalars here too, as TensorBoard event files (the
+            tensorboard extra).
         should_stop: polled between chunks of steps; when true, the run checkpoints and stops.
 
     Raises:
@@ -420,7 +423,7 @@ def fit(config: Config, dataset: data.Dataset | None = None, *, progress: bool =
     config.validate_sizes(len(dataset.train))
     data_seconds = time.perf_counter() - start
     trainer = Trainer(config, dataset.train, dataset.test)
-    result = _Run(trainer, config, run_dir, resume, metrics_path, progress, should_stop).train()
+    result = _Run(trainer, config, run_dir, resume, metrics_path, tensorboard_dir, progress, should_stop).train()
     return dataclasses.replace(result, data_seconds=data_seconds, init_seconds=trainer.init_seconds)
 
 
@@ -428,7 +431,8 @@ class _Run:
     """The epochs of one `fit`: progress, metrics log, checkpoints, the divergence guard and stopping."""
 
     def __init__(self, trainer: Trainer, config: Config, run_dir: RunDir | None, resume: bool,
-                 metrics_path: str | Path | None, progress: bool, should_stop: Callable[[], bool]):
+                 metrics_path: str | Path | None, tensorboard_dir: str | Path | None, progress: bool,
+                 should_stop: Callable[[], bool]):
         self.trainer, self.config, self.run_dir, self.should_stop = trainer, config, run_dir, should_stop
         self.main = distributed.is_main_process()
         self.progress = progress and self.main
@@ -436,9 +440,13 @@ class _Run:
         resumed = resume and self._resume()
         if run_dir is not None:
             run_dir.start(config)
-        self.log = MetricsLog(metrics_path, self.global_step() if resumed else None) if metrics_path and self.main \
-            else None
         self.schedule = make_schedule(config, trainer.steps_per_epoch)
+        # Each gets every record. `train` closes them however the run ends: the event writer buffers.
+        self.sinks: list[MetricsLog | TensorBoardLog] = []
+        if self.main and metrics_path:
+            self.sinks.append(MetricsLog(metrics_path, self.global_step() if resumed else None))
+        if self.main and tensorboard_dir:
+            self.sinks.append(TensorBoardLog(tensorboard_dir, self.global_step() if resumed else None))
         self.started = time.perf_counter()
 
     def _resume(self) -> bool:
@@ -466,6 +474,13 @@ class _Run:
         return self.position.epoch * self.trainer.steps_per_epoch + self.position.step
 
     def train(self) -> Result:
+        try:
+            return self._train()
+        finally:
+            for sink in self.sinks:
+                sink.close()
+
+    def _train(self) -> Result:
         trainer, config = self.trainer, self.config
         if self.should_stop():
             raise Interrupted("stopped before the first step: nothing was trained")
@@ -512,11 +527,11 @@ class _Run:
             # run stops only after it.
             if steps == trainer.full_steps < trainer.steps_per_epoch:
                 continue
-            if self.log is not None:  # the schedule runs op by op: a few compilations a run without a log skips
+            if self.sinks:  # the schedule runs op by op: a few compilations a run without a log skips
                 images = n - logged[3]
-                self.log.write(epoch=epoch + 1, step=self.global_step(), loss=(loss_sum - logged[1]) / images,
-                               accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
-                               seconds=time.perf_counter() - self.started)
+                self._log(epoch=epoch + 1, step=self.global_step(), loss=(loss_sum - logged[1]) / images,
+                          accuracy=(correct - logged[2]) / images, lr=float(self.schedule(self.global_step() - 1)),
+                          seconds=time.perf_counter() - self.started)
             logged = checked
             if steps < trainer.steps_per_epoch and self.should_stop():
                 self._save()
@@ -544,8 +559,8 @@ class _Run:
                               self.trainer.checkpoint_arrays(self.metrics))
 
     def _log(self, **record) -> None:
-        if self.log is not None:
-            self.log.write(**record)
+        for sink in self.sinks:
+            sink.write(**record)
 
     def _stopped_text(self) -> str:
         where = f"after step {self.position.step} of epoch {self.position.epoch + 1}" if self.position.step else \
@@ -603,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"jaxmnist: {took_over}.", file=sys.stderr)
             config, resume = cli.run_config(args, config, run_dir)
         result = fit(config, progress=not args.no_progress, run_dir=run_dir, resume=resume,
-                     metrics_path=cli.metrics_path(args), should_stop=stop.requested)
+                     metrics_path=cli.metrics_path(args), tensorboard_dir=args.tensorboard, should_stop=stop.requested)
     except Diverged as e:
         print(f"jaxmnist: error: {e}", file=sys.stderr)
         return 3

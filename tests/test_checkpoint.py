@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -254,9 +255,11 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_another_can_be_chosen(how, 
 
 
 @pytest.mark.parametrize("how, problem", [
-    ("flipped bits", "1 of its 36 arrays (['state'][1]['opt_state'][2][0]['mu']['fc1']['kernel'].value) do not match "
-                     "the checksums recorded when it was saved"),
-    ("edited metadata", "its metadata (configuration and position) does not match the checksum recorded"),
+    # Which array the flipped bytes fall in depends on how TensorStore packed the data file; and
+    # a flip can break the compressed stream (a read error) rather than change the values.
+    ("flipped bits", r"(1 of its 36 arrays \(\['state'\]\S+\) do not match the checksums recorded when it was "
+                     r"saved|its arrays cannot be read \(ValueError: \w+: Error reading \S+ in OCDBT database)"),
+    ("edited metadata", r"its metadata \(configuration and position\) does not match the checksum recorded"),
 ])
 def test_damage_the_file_list_missed_is_caught_by_the_arrays_and_metadata_checksums(how, problem, fc_run, tmp_path,
                                                                                      capsys):
@@ -270,7 +273,7 @@ def test_damage_the_file_list_missed_is_caught_by_the_arrays_and_metadata_checks
     checkpoint.write_json(step_folder / checkpoint.FILE_LIST, checkpoint._file_digests(step_folder))
     assert evaluate.main(["--checkpoint-dir", str(folder)]) == 2
     err = one_paragraph(capsys.readouterr().err)
-    assert f"Checkpoint 202 in {folder} is damaged: {problem}" in err
+    assert re.search(f"Checkpoint 202 in {re.escape(str(folder))} is damaged: {problem}", err), err
 
 
 def test_predict_refuses_a_damaged_checkpoint(fc_run, mnist, tmp_path, capsys):
