@@ -6,13 +6,15 @@ The time a user waits for the command, imports, compilation and evaluation inclu
 subprocess timed from outside (`time.perf_counter` around `subprocess.run`); its JSON summary is read
 back for the phases inside it. jaxmnist runs two ways: "cold", with an empty persistent compilation
 cache (a fresh folder in `JAXMNIST_CACHE_DIR`), and "warm", with a folder that one untimed run of
-the same arch has filled (`--cache-dir`, default a temporary folder). Each of the `--pairs` rounds,
-with seed = the round's number for both sides, is a cold pair and a warm pair, each one jaxmnist run
-and one PyTorch run (benchmarks/torch_plain.py) back to back, PyTorch first in odd rounds:
-even rounds run cold, PyTorch, warm, PyTorch; odd rounds PyTorch, cold, PyTorch, warm. Prints per
-arch a table of the phases (medians over runs; "other" is the outside wall time less the phases the
-process reports) and the jaxmnist/PyTorch whole-process ratio within each pair as median (min–max),
-and writes every run to `--json`. Needs the torch extra.
+the same arch has filled (`--cache-dir`, default a temporary folder). The PyTorch script
+(benchmarks/torch_plain.py) runs eager, and with `--compile` (torch.compile, inductor) with an
+empty and with a filled `TORCHINDUCTOR_CACHE_DIR` in the same way (`--no-compiled` leaves those
+out). Each of the `--pairs` rounds, with seed = the round's number for every side, runs every side
+once, back to back, each side first in turn. Prints per arch a table of the phases (medians over
+runs; "other" is the outside wall time less the phases the process reports) and the
+jaxmnist/PyTorch whole-process ratios within each round as median (min–max): against eager
+PyTorch, and against compiled PyTorch with its cache in the same state. Writes every run to
+`--json`. Needs the torch extra.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from jaxmnist import report
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_SCRIPT = ROOT / "benchmarks" / "torch_plain.py"
 PHASES = ("imports", "data", "init", "compile", "train", "eval")
-SIDES = {"cold": "jaxmnist, cold cache", "warm": "jaxmnist, warm cache", "torch": "PyTorch script"}
+# The ratios printed: jaxmnist against eager PyTorch, then against compiled PyTorch, each cache alike.
+RATIOS = (("warm", "torch"), ("cold", "torch"), ("warm", "compiled-warm"), ("cold", "compiled-cold"))
+SIDES = {"cold": "jaxmnist, cold cache", "warm": "jaxmnist, warm cache", "torch": "PyTorch script, eager",
+         "compiled-cold": "PyTorch script, torch.compile, cold cache",
+         "compiled-warm": "PyTorch script, torch.compile, warm cache"}
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -61,30 +67,32 @@ def commands(arch: str, args: argparse.Namespace, seed: int) -> dict[str, list[s
     common = ["--arch", arch, "--data-dir", args.data_dir, "--seed", str(seed)]
     if args.train_size:
         common += ["--train-size", str(args.train_size)]
-    return {"jax": [sys.executable, "-m", "jaxmnist.train", *common, "--no-progress"],
-            "torch": [sys.executable, str(TORCH_SCRIPT), *common]}
+    torch = [sys.executable, str(TORCH_SCRIPT), *common]
+    return {"jax": [sys.executable, "-m", "jaxmnist.train", *common, "--no-progress"], "torch": torch,
+            "compiled": [*torch, "--compile"]}
 
 
-def cache_env(folder: str | Path) -> dict[str, str]:
-    return {**os.environ, "JAXMNIST_CACHE_DIR": str(folder)}
+def cache_env(side: str, folder: str | Path) -> dict[str, str]:
+    """The environment of a run whose compilation cache is `folder`: JAX's, or inductor's for compiled PyTorch."""
+    return {**os.environ, "TORCHINDUCTOR_CACHE_DIR" if side == "compiled" else "JAXMNIST_CACHE_DIR": str(folder)}
 
 
-def run_pair(arch: str, args: argparse.Namespace, seed: int, warm_dir: Path) -> list[dict]:
-    """One round: a cold pair and a warm pair, each jaxmnist then PyTorch (PyTorch first in odd rounds)."""
+def run_round(arch: str, args: argparse.Namespace, seed: int, warm_dirs: dict[str, Path],
+              sides: list[str]) -> list[dict]:
+    """One round: every side once, each in turn first (`sides` rotated by the round's number)."""
     cmd, runs = commands(arch, args, seed), []
-    for mode in ("cold", "warm"):
-        for side in (("jax", "torch") if seed % 2 == 0 else ("torch", "jax")):
-            if side == "torch":
-                run = timed_run(cmd["torch"])
-            elif mode == "warm":
-                run = timed_run(cmd["jax"], cache_env(warm_dir))
-            else:
-                with tempfile.TemporaryDirectory(prefix="jaxmnist-cold-cache-") as empty:
-                    run = timed_run(cmd["jax"], cache_env(empty))
-            name = "torch" if side == "torch" else mode
-            runs.append({"arch": arch, "pair": seed, "mode": mode, "side": name, **run})
-            print(f"{arch} pair {seed} ({mode}): {SIDES[name]} {run['outside_seconds']:.2f} s, "
-                  f"test {run['test_accuracy']:.2%}", file=sys.stderr)
+    for name in sides[seed % len(sides):] + sides[: seed % len(sides)]:
+        program = "jax" if name in ("cold", "warm") else "compiled" if name.startswith("compiled") else "torch"
+        if program == "torch":
+            run = timed_run(cmd["torch"])
+        elif name.endswith("warm"):
+            run = timed_run(cmd[program], cache_env(program, warm_dirs[program]))
+        else:
+            with tempfile.TemporaryDirectory(prefix="endtoend-cold-cache-") as empty:
+                run = timed_run(cmd[program], cache_env(program, empty))
+        runs.append({"arch": arch, "pair": seed, "side": name, **run})
+        print(f"{arch} round {seed}: {SIDES[name]} {run['outside_seconds']:.2f} s, test {run['test_accuracy']:.2%}",
+              file=sys.stderr)
     return runs
 
 
@@ -92,6 +100,8 @@ def phase_rows(runs: list[dict]) -> list[list[str]]:
     rows = []
     for side, label in SIDES.items():
         mine = [r for r in runs if r["side"] == side]
+        if not mine:
+            continue
 
         def median(values: list[float | None]) -> str:
             return "n/a" if any(v is None for v in values) else f"{statistics.median(values):.2f}"
@@ -102,19 +112,18 @@ def phase_rows(runs: list[dict]) -> list[list[str]]:
     return rows
 
 
-def ratios(runs: list[dict], mode: str) -> list[float]:
-    """jaxmnist's outside wall time over PyTorch's, within each `mode` pair."""
-    pairs: dict[int, dict[str, float]] = {}
+def ratios(runs: list[dict], side: str, over: str) -> list[float]:
+    """`side`'s outside wall time over `over`'s, within each round."""
+    rounds: dict[int, dict[str, float]] = {}
     for r in runs:
-        if r["mode"] == mode:
-            pairs.setdefault(r["pair"], {})[r["side"]] = r["outside_seconds"]
-    return [p[mode] / p["torch"] for p in pairs.values()]
+        rounds.setdefault(r["pair"], {})[r["side"]] = r["outside_seconds"]
+    return [t[side] / t[over] for t in rounds.values() if side in t and over in t]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", choices=("gap", "fc"), default=["gap", "fc"])
-    parser.add_argument("--pairs", type=int, default=3, help="rounds, each a cold and a warm jaxmnist/PyTorch pair")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds, each of one run of every side")
     parser.add_argument("--data-dir", default=os.environ.get("JAXMNIST_DATA_DIR"),
                         help="folder with the four MNIST IDX .gz files (default: $JAXMNIST_DATA_DIR)")
     parser.add_argument("--cache-dir", default=None,
@@ -122,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: a temporary folder)")
     parser.add_argument("--train-size", type=int, default=None, help="train on only N images: a smoke test")
     parser.add_argument("--json", default="endtoend.json", help="where to write every run")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the PyTorch script under torch.compile, cold and warm inductor cache "
+                             "(default on)")
     args = parser.parse_args(argv)
     if not args.data_dir:
         parser.error("--data-dir (or $JAXMNIST_DATA_DIR) is needed: the PyTorch script reads the IDX files itself")
@@ -131,20 +143,26 @@ def main(argv: list[str] | None = None) -> int:
                                   f"; {os.cpu_count()} cores, PyTorch with as many threads; load average "
                                   f"{os.getloadavg()[0]:.1f} at the start (PyTorch's threads slow down many times "
                                   "over on a busy machine: measure on an idle one)"))
+    sides = list(SIDES) if args.compiled else ["cold", "warm", "torch"]
+    shown = [(a, b) for a, b in RATIOS if b in sides]
     runs, summary_rows = [], []
-    with tempfile.TemporaryDirectory(prefix="jaxmnist-warm-cache-") as tmp:
-        warm_dir = Path(args.cache_dir or tmp)
+    with tempfile.TemporaryDirectory(prefix="endtoend-warm-caches-") as tmp:
+        warm_dirs = {"jax": Path(args.cache_dir or Path(tmp) / "jax"), "compiled": Path(tmp) / "inductor"}
         for arch in args.arch:
-            timed_run(commands(arch, args, 0)["jax"], cache_env(warm_dir))  # untimed: fills the warm cache
-            mine = [r for seed in range(args.pairs) for r in run_pair(arch, args, seed, warm_dir)]
+            cmd = commands(arch, args, 0)
+            for program in ("jax", "compiled") if args.compiled else ("jax",):  # untimed: fill the warm caches
+                timed_run(cmd[program], cache_env(program, warm_dirs[program]))
+            mine = [r for seed in range(args.pairs) for r in run_round(arch, args, seed, warm_dirs, sides)]
             runs += mine
             print(f"\n## {arch}: seconds, median over runs\n")
             print(report.markdown_table(["run", "runs", *PHASES, "other", "total (outside)", "test acc"],
                                         phase_rows(mine)))
-            summary_rows.append([arch, str(args.pairs), f"**{spread(ratios(mine, 'warm'), '.2f')}**",
-                                 spread(ratios(mine, "cold"), ".2f")])
-    print("\n## jaxmnist / PyTorch, whole process, per pair: median (min–max)\n")
-    print(report.markdown_table(["arch", "pairs", "warm cache", "cold cache"], summary_rows))
+            summary_rows.append([arch, str(args.pairs), *(spread(ratios(mine, a, b), ".2f") for a, b in shown)])
+    print("\n## jaxmnist / PyTorch, whole process, within each round: median (min–max)\n")
+    short = {"cold": "cold", "warm": "warm", "torch": "eager", "compiled-cold": "compiled cold",
+             "compiled-warm": "compiled warm"}
+    print(report.markdown_table(["arch", "rounds", *(f"jaxmnist {short[a]} / PyTorch {short[b]}" for a, b in shown)],
+                                summary_rows))
     Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
     return 0
 

@@ -265,15 +265,23 @@ class TorchResult:
     train_seconds: float
     train_images: int = 0
     epochs: int = 1
+    compile_seconds: float = 0.0  # torch.compile's warm-up (0: eager)
 
     @property
     def images_per_second(self) -> float:
         return self.train_images * self.epochs / self.train_seconds
 
 
-def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchResult:
+EVAL_BATCH = 2000  # fit_torch's evaluation batch
+
+
+def fit_torch(config: Config, dataset: data.Dataset, *, threads: int, compiled: bool = False) -> TorchResult:
     """The recipe in PyTorch, as the write-ups ran it: data in memory as float tensors, `torch.optim`
     Adam or SGD with `weight_decay`, `clip_grad_norm_`, the recipe's scheduler (`make_torch_optimizer`).
+
+    `compiled`: the model runs through `torch.compile` (inductor), as a PyTorch 2 user would run it;
+    the optimiser and the augmentation stay eager. Its compilation is done up front and timed apart
+    (`compile_seconds`, see `_warm_up`), as jaxmnist's is, so that the epochs measure steady state.
 
     Same train/validation split (and `train_size` subset) and same per-epoch image order as
     `jaxmnist.train.fit` for the same seed; the initial weights and dropout masks come from
@@ -304,6 +312,14 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchRe
     model = build_torch(config.arch, config.dropout)
     steps = epoch_steps(len(train), config.batch_size)
     opt, per_batch, per_epoch = make_torch_optimizer(config, model, steps)
+    run, compile_seconds = model, 0.0
+    if compiled:
+        start = time.perf_counter()
+        # A graph per batch shape (three or four): one generic over the batch size ran slower.
+        run = torch.compile(model, dynamic=False)
+        eval_sizes = {min(EVAL_BATCH, len(split)) for split in (dataset.test, val) if split is not None}
+        _warm_up(run, model, {config.batch_size, len(train) % config.batch_size or config.batch_size}, eval_sizes)
+        compile_seconds = time.perf_counter() - start
 
     seconds = 0.0
     for epoch in range(config.epochs):
@@ -315,7 +331,7 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchRe
             if augmented:
                 x = (augment(config, generator, x) - config.mean) / config.std
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y_train[idx]).backward()
+            F.cross_entropy(run(x), y_train[idx]).backward()
             if config.clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
@@ -330,8 +346,29 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int) -> TorchRe
     def accuracy(split: data.Split) -> float:
         x, y = normalised(split)
         with torch.no_grad():
-            correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(2000), y.split(2000)))
+            correct = sum(int((run(xb).argmax(1) == yb).sum())
+                          for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)))
         return correct / len(split)
 
     return TorchResult(accuracy(dataset.test), None if val is None else accuracy(val), seconds, len(train),
-                       config.epochs)
+                       config.epochs, compile_seconds)
+
+
+def _warm_up(run: nn.Module, model: nn.Module, train_sizes: set[int], eval_sizes: set[int]) -> None:
+    """Compiles `run` (`torch.compile(model)`) for every batch shape and mode the run will meet, then
+    puts back `model`'s weights, BatchNorm statistics and the random state, so that training starts
+    exactly where it would have: the forward and backward passes on zeros leave gradients, which
+    the first step's `zero_grad` discards, and statistics, restored here."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    model.train()
+    for b in sorted(train_sizes):
+        F.cross_entropy(run(torch.zeros(b, 1, 28, 28)), torch.zeros(b, dtype=torch.long)).backward()
+    model.eval()
+    with torch.no_grad():
+        for b in sorted(eval_sizes):
+            run(torch.zeros(b, 1, 28, 28))
+        for k, v in model.state_dict().items():
+            v.copy_(saved[k])
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
