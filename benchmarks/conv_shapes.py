@@ -8,7 +8,7 @@ core) for the valid 3x3 convolutions of `conv6`/`under20k` at batch 32, 64 and 1
 `gap`'s 14x14 16 -> 32 at batch 64 as the reference. Each time is the best of `--repeats` means
 over 20 calls. JAX's 20 calls run inside one compiled loop (`lax.fori_loop`), each feeding the
 next, as training runs its steps: separate calls get fresh buffers and fault their pages in every
-time, which a loop, reusing its buffers, does not (the GEMM form tried in benchmarks/README.md
+time, which a loop, reusing its buffers, does not (the GEMM form tried in docs/speed.md
 took 21 ms called alone and 4.3 in a loop for the 24x24 forward at batch 128).
 """
 

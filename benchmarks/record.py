@@ -58,7 +58,7 @@ def registered(arch: str):
         del models.MODELS[arch]
 
 
-# Each row: BASE with these overrides. Later rows start from the levers kept so far (README).
+# Each row: BASE with these overrides. Later rows start from the levers kept so far (docs/models-and-recipes.md).
 ROWS: dict[str, dict] = {
     "gap (reference)": dict(arch="gap", dropout=0.1),
     "base": {},

@@ -167,7 +167,7 @@ def _member_by_member(fn):
     Training seeds side by side (`jax.vmap` over models, each with its own kernels) turns JAX's
     batching of a convolution into a grouped convolution and of a matrix product into a batched
     one, and XLA:CPU ran both several times slower than the same work one model at a time
-    (benchmarks/README.md, "Seeds side by side"). Everything else in the step batches well.
+    (docs/speed.md, "Seeds side by side"). Everything else in the step batches well.
     """
     mapped = jax.custom_batching.custom_vmap(fn)
 

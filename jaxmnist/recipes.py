@@ -33,18 +33,18 @@ RECIPES: dict[str, Config] = {
                     weight_decay=2e-4, schedule="onecycle", rotate=15.0, translate=0.1, scale=0.1),
     # "gap" for many devices, or for throughput on one accelerator: batch 512 is 64 images per device on 8
     # (the chips of a Kaggle TPU v5e-8) where batch 64 leaves 8, and 106 steps an epoch instead of 844. lr 0.045
-    # (3x, about sqrt(8)x) and 2 epochs chosen on the validation split (README.md, "Free accelerators"). Test
+    # (3x, about sqrt(8)x) and 2 epochs chosen on the validation split (docs/accelerators.md, "gap-b512"). Test
     # accuracy 98.50% (98.34-98.65%, seeds 0-2): below the 1-epoch batch-64 recipe's 98.76%.
     "gap-b512": Config(arch="gap", batch_size=512, epochs=2, val_size=6_000, dropout=0.1, optimizer="adam",
                        lr=0.045, schedule="cosine", final_lr=0.003, weight_decay=1e-4, clip_norm=1.0),
 }
 # jaxmnist's own one-epoch recipe, chosen on the validation split (benchmarks/record.py and
-# benchmarks/README.md, "The record recipe"): from gap's optimiser on gap4, three rounds of
+# docs/models-and-recipes.md, "The record recipe"): from gap's optimiser on gap4, three rounds of
 # ablations over seeds 0-4 kept label smoothing 0.1, a linear decay to 0 after a 20% warmup, batch 32
 # and Adam's betas 0.7/0.9 (val 98.53% -> 99.02%); lr 0.008/0.025, label smoothing 0.2, dropout,
 # a weight EMA, BatchNorm momentum 0.05, other widths and a 10% warmup did not help. Its final run
 # trains on all 60,000 images (val_size 0): 48,000 against 54,000 images measured on the same
-# hold-out said more images help. Test accuracy over seeds 0-9: benchmarks/README.md.
+# hold-out said more images help. Test accuracy over seeds 0-9: docs/models-and-recipes.md.
 RECIPES["record"] = Config(arch="gap4", batch_size=32, val_size=0, optimizer="adam", lr=0.015, b1=0.7, b2=0.9,
                            schedule="linear", final_lr=0.0, warmup=0.2, weight_decay=1e-4, clip_norm=1.0,
                            label_smoothing=0.1)
