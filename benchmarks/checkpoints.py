@@ -4,9 +4,10 @@
 
 A run with --checkpoint-dir saves once per epoch (and when stopped), synchronously, between two
 chunks of steps: this is the time added to the run per save. Every save records a sha256 of each
-array and every restore verifies them (`jaxmnist.checkpoint.checksums`); the "checksums" column is
-that hashing alone, which save and restore each include once. Prints a markdown table (median of
-`--repeats` saves into a fresh folder each, then restores) under the usual header.
+array and of every file of the checkpoint, and every restore verifies both; the "checksums" column
+is that hashing alone (arrays and files), which save and restore each include once. Prints a
+markdown table (median of `--repeats` saves into a fresh folder each, then restores) under the
+usual header.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import jax
 
 from jaxmnist import report
-from jaxmnist.checkpoint import Position, RunDir, checksums
+from jaxmnist.checkpoint import CHECKPOINTS, Position, RunDir, checksums, file_digests
 from jaxmnist.recipes import RECIPES
 from jaxmnist.train import init_run
 
@@ -42,6 +43,7 @@ def costs(recipe: str, repeats: int) -> list[str]:
             restores.append(time.perf_counter() - start)
             start = time.perf_counter()
             checksums(arrays)
+            file_digests(Path(folder) / CHECKPOINTS / str(i))
             hashes.append(time.perf_counter() - start)
             size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and "checkpoints" in f.parts)
             run_dir.close()

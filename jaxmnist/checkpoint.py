@@ -134,7 +134,7 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
-def _file_digests(folder: Path) -> dict[str, list]:
+def file_digests(folder: Path) -> dict[str, list]:
     """[size, sha256] of every file under `folder` but the list itself, by its path in `folder`."""
     return {str(p.relative_to(folder)): [p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()]
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != FILE_LIST}
@@ -222,7 +222,7 @@ class RunDir:
             integrity=ocp.args.JsonSave(integrity)), force=True)
         if distributed.is_main_process():
             folder = self._step_folder(global_step)
-            write_json(folder / FILE_LIST, _file_digests(folder))
+            write_json(folder / FILE_LIST, file_digests(folder))
 
     def _step_folder(self, step: int) -> Path:
         return self.path / CHECKPOINTS / str(step)

@@ -270,7 +270,7 @@ def test_damage_the_file_list_missed_is_caught_by_the_arrays_and_metadata_checks
     folder = copy_of(fc_run, tmp_path)
     damage(folder, how)
     step_folder = folder / "checkpoints" / "202"
-    checkpoint.write_json(step_folder / checkpoint.FILE_LIST, checkpoint._file_digests(step_folder))
+    checkpoint.write_json(step_folder / checkpoint.FILE_LIST, checkpoint.file_digests(step_folder))
     assert evaluate.main(["--checkpoint-dir", str(folder)]) == 2
     err = one_paragraph(capsys.readouterr().err)
     assert re.search(f"Checkpoint 202 in {re.escape(str(folder))} is damaged: {problem}", err), err
