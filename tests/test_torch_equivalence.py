@@ -320,13 +320,17 @@ def test_pytorch_augmented_onecycle_recipe_trains(mnist):
     assert result.train_images == 3_000 and result.images_per_second > 0
 
 
-@pytest.mark.parametrize("arch", ["gap", "fc"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_compiled_pytorch_computes_the_same_step(arch, batch, jax_gradients, exact_gradients):
     """`torch.compile` (inductor, as `fit_torch(compiled=True)` and benchmarks/compare.py run it)
     computes the function eager PyTorch and jaxmnist compute: the same loss and the same gradients
-    from the same weights on the same batch, within the tolerance the eager check holds PyTorch to.
-    gap and fc only, the recipes of the whole-process comparison: inductor takes 10-30 s a model
-    on two cores with a cold cache."""
+    from the same weights on the same batch (the optimiser, eager in both, is checked above).
+
+    Gradients within 1e-3 of each tensor's largest, against float64: the first convolutions behind
+    BatchNorm cancel over the batch's pixels, so float32's summation order shows there, and
+    inductor's order differs from eager's and between runs (gap's conv1: 2.0e-4 of the largest in
+    one CI run, 1e-4 in another; eager PyTorch's own float32 is 7.5e-5 off). A wrong gradient
+    (a term missing, a layer transposed) is off by the order of the gradient itself."""
     _, x_BCHW, labels = batch
     model, torch_model = twins(arch, no_dropout(arch))
     loss = torch_backward(torch.compile(torch_model, dynamic=False), torch.from_numpy(x_BCHW), labels, None)
@@ -341,4 +345,4 @@ def test_compiled_pytorch_computes_the_same_step(arch, batch, jax_gradients, exa
         if feeds_batch_norm(model, path):  # zero in exact arithmetic: float32 noise only
             assert np.abs(g_compiled).max() <= 1e-3 * layer_scale[path[0]], path
             continue
-        np.testing.assert_allclose(g_compiled, g_exact, atol=1e-4 * np.abs(g_exact).max(), rtol=0, err_msg=str(path))
+        np.testing.assert_allclose(g_compiled, g_exact, atol=1e-3 * np.abs(g_exact).max(), rtol=0, err_msg=str(path))
