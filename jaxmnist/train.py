@@ -513,8 +513,9 @@ class _Run:
         checked = logged
         for steps, metrics in trainer.chunks(epoch, self.position.step, self.metrics, keep_last=bool(self.run_dir)):
             loss_sum, correct, n = (float(x) for x in jax.device_get(metrics))
-            if not (loss_sum - checked[1]) / (n - checked[3]) <= DIVERGED_LOSS:  # NaN too
-                self._diverged(epoch, steps, (loss_sum - checked[1]) / (n - checked[3]))
+            chunk_loss = (loss_sum - checked[1]) / (n - checked[3])
+            if not chunk_loss <= DIVERGED_LOSS:  # NaN too
+                self._diverged(epoch, steps, chunk_loss)
             checked = (steps, loss_sum, correct, n)
             self.metrics = metrics
             self.position = dataclasses.replace(self.position, step=steps,
