@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,15 +196,13 @@ class RunDir:
             return []
         return sorted(self.manager.all_steps(), reverse=True)
 
-    def has_checkpoint(self) -> bool:
-        return bool(self.steps())
-
     def _require_writer(self) -> None:
         if not self._writer:  # a library caller that did not `lock` first
             self.lock()
 
     def start(self, config: Config) -> None:
         self._require_writer()
+        self.path.mkdir(parents=True, exist_ok=True)  # only the main process's lock created it
         write_json(self.file(CONFIG_FILE), dataclasses.asdict(config))
 
     def save(self, global_step: int, config: Config, position: Position, arrays) -> None:
@@ -296,10 +294,6 @@ class RunDir:
             raise self._damaged(step, f"its metadata is not a jaxmnist run's ({_first_line(e)})") from None
         return Saved(config, position, step, integrity["arrays_sha256"])
 
-    def latest(self) -> Saved:
-        """The newest checkpoint's configuration and position; ConfigError if there is none."""
-        return self.read()
-
     def restore(self, saved: Saved, target):
         """The arrays of checkpoint `saved`, shaped and laid out as `target` (a pytree of arrays),
         verified against the checksums recorded when they were saved (CheckpointError if not)."""
@@ -318,10 +312,10 @@ class RunDir:
                                                    "recorded when it was saved")
         return arrays
 
-    def newest_intact(self, target_for: Callable[[Config], object]) -> tuple[Saved | None, object, list[Skipped]]:
-        """The newest checkpoint that reads back intact and its arrays (restored into `target_for(its
-        config)`), with the damaged checkpoints passed over on the way, which are moved out of the way
-        into DIR/damaged/ (kept for inspection; the run saves those steps anew). Writers only.
+    def newest_intact(self, target) -> tuple[Saved | None, object, list[Skipped]]:
+        """The newest checkpoint that reads back intact and its arrays (restored into `target`, as
+        `restore` does), with the damaged checkpoints passed over on the way, which are moved out of
+        the way into DIR/damaged/ (kept for inspection; the run saves those steps anew). Writers only.
 
         Returns (None, None, skipped) when no checkpoint is intact.
         """
@@ -329,7 +323,7 @@ class RunDir:
         for step in self.steps():
             try:
                 saved = self.read(step)
-                return saved, self.restore(saved, target_for(saved.config)), skipped
+                return saved, self.restore(saved, target), skipped
             except Damaged as e:
                 skipped.append(Skipped(step, e.problem, self._move_aside(step)))
         return None, None, skipped

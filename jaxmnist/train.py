@@ -453,7 +453,7 @@ class _Run:
         """Continues from the run folder's newest intact checkpoint, saying which (and which damaged
         ones it passed over); False when there is none, and the run starts from the beginning."""
         run_dir, say = self.run_dir, self._say
-        saved, arrays, skipped = run_dir.newest_intact(lambda _: self.trainer.checkpoint_arrays(self.metrics))
+        saved, arrays, skipped = run_dir.newest_intact(self.trainer.checkpoint_arrays(self.metrics))
         for s in skipped:
             say(f"checkpoint {s.global_step} in {run_dir.path} is damaged ({s.problem}): passed over, and moved to "
                 f"{s.moved_to}.")

@@ -45,7 +45,7 @@ def host(tree) -> list[np.ndarray]:
 def arrays(folder: Path) -> list[np.ndarray]:
     """The newest checkpoint's arrays (model, optimiser, metrics)."""
     run_dir = RunDir(folder)
-    saved = run_dir.latest()
+    saved = run_dir.read()
     _, _, state, _ = init_run(saved.config, 1)
     restored = run_dir.restore(saved, {"state": state, "metrics": jax.numpy.zeros(3)})
     run_dir.close()
@@ -67,11 +67,11 @@ def test_a_run_stopped_by_ctrl_c_then_killed_resumes_to_the_uninterrupted_result
     assert run.returncode == 130, err
     assert f"checkpoint saved in {parts}: resume with `python -m jaxmnist.train --resume --checkpoint-dir" in err
     assert "Traceback" not in err
-    stopped = RunDir(parts).latest()
+    stopped = RunDir(parts).read()
     assert stopped.position.epoch == 0 and 0 < stopped.position.step < 200 and stopped.position.step % 50 == 0
 
     run = train_process(parts, mnist_dir, "--resume")
-    wait_for(lambda: RunDir(parts).latest().global_step == 200, run, "the epoch-1 checkpoint")
+    wait_for(lambda: RunDir(parts).read().global_step == 200, run, "the epoch-1 checkpoint")
     run.kill()
     run.communicate()
 
@@ -94,7 +94,7 @@ def test_sigterm_stops_with_143_and_a_checkpoint(mnist_dir, tmp_path):
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=300)
     assert run.returncode == 143 and "SIGTERM" in err and "Traceback" not in err
-    assert RunDir(tmp_path / "run").latest().position.step > 0
+    assert RunDir(tmp_path / "run").read().position.step > 0
 
 
 def test_resume_refuses_another_run_and_a_new_run_refuses_a_used_folder(trained_run, mnist_dir, capsys):
@@ -135,7 +135,7 @@ def test_the_run_folder_holds_config_metrics_summary_and_checkpoints(trained_run
     epoch = records[-1]
     summary = json.loads((trained_run / "summary.json").read_text())
     assert epoch["step"] == 100 and epoch["test_accuracy"] == summary["test_accuracy"]
-    saved = RunDir(trained_run).latest()
+    saved = RunDir(trained_run).read()
     assert saved.global_step == 100 and saved.position == Position(1, 0, saved.position.epochs)
     assert saved.position.epochs[0].test_accuracy == summary["test_accuracy"]
 
@@ -169,7 +169,7 @@ def test_a_diverging_run_stops_with_3_naming_the_step_and_the_fix(folder, mnist_
     assert err.strip().count("\n") == 0
     if folder:
         assert "The last finite state (step 0 of epoch 1) is checkpointed in" in err
-        saved = RunDir(tmp_path / "run").latest()
+        saved = RunDir(tmp_path / "run").read()
         assert (saved.global_step, saved.position.step) == (0, 0)
 
 
@@ -324,7 +324,7 @@ def test_a_run_stopped_before_its_first_checkpoint_or_killed_mid_save_continues_
     folder = copy_of(fc_run, tmp_path)
     # A kill while checkpoint 202 was being written leaves orbax's temporary folder, not a checkpoint.
     (folder / "checkpoints" / "202").rename(folder / "checkpoints" / "202.orbax-checkpoint-tmp")
-    assert RunDir(folder).latest().global_step == 101
+    assert RunDir(folder).read().global_step == 101
     assert main(fc_command(mnist_dir, folder)) == 0
     assert "from checkpoint 101 (epoch 2, step 0)" in capsys.readouterr().err
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["101", "202"]
