@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from jaxmnist import data, report
+from jaxmnist.loop import fit
 from jaxmnist.recipes import RECIPES
 from jaxmnist.seeds import fit_seeds
-from jaxmnist.train import fit
 
 
 def spread(values: list[float]) -> list[str]:

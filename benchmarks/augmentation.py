@@ -23,8 +23,9 @@ import jax
 import numpy as np
 
 from jaxmnist import data, report
+from jaxmnist.loop import fit
+from jaxmnist.programs import augmentation
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import augmentation, fit
 
 AUGMENTED = tuple(name for name, recipe in RECIPES.items() if augmentation(recipe).active)
 NO_AUGMENTATION = dict(rotate=0.0, translate=0.0, scale=0.0, crop_p=0.0)

@@ -23,8 +23,8 @@ import jax
 
 from jaxmnist import report
 from jaxmnist.checkpoint import CHECKPOINTS, Position, RunDir, checksums, file_digests
+from jaxmnist.programs import init_run
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import init_run
 
 
 def costs(recipe: str, repeats: int) -> list[str]:

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from jaxmnist import data, report
+from jaxmnist.loop import fit
 from jaxmnist.recipes import RECIPES
 from jaxmnist.torch_ref import TORCH_MODELS, fit_torch
-from jaxmnist.train import fit
 
 
 def spread(values: list[float], fmt: str) -> str:

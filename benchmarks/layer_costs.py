@@ -33,7 +33,7 @@ from flax import nnx
 from jaxmnist import data, layers, report
 from jaxmnist.recipes import RECIPES
 from jaxmnist.torch_ref import build_torch, make_torch_optimizer
-from jaxmnist.train import PROGRESS_EVERY, Trainer
+from jaxmnist.trainer import PROGRESS_EVERY, Trainer
 
 B = 64
 PAD = ((1, 1), (1, 1))

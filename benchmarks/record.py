@@ -25,8 +25,8 @@ from pathlib import Path
 from flax import nnx
 
 from jaxmnist import data, models, report
+from jaxmnist.loop import fit
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import spread  # noqa: E402  (the sibling benchmark's helper)

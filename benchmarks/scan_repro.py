@@ -32,8 +32,8 @@ from jax import lax
 from jaxmnist import layers, report, sharding
 from jaxmnist.models import GAP
 from jaxmnist.optim import make_optimizer
+from jaxmnist.programs import train_step
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import train_step
 
 
 def build(conv_fn):

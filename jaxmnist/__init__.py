@@ -1,7 +1,7 @@
 """jaxmnist: the tiny-MNIST challenge (< 25,000 parameters, > 95% after one epoch) in JAX + Flax NNX.
 
-The small public API; `fit` is imported on first use so that `python -m jaxmnist.train` does not
-find its own module already imported.
+The small public API; `fit` is imported on first use, as it brings in every compiled program (and
+`import jaxmnist` stays quick for what needs only the configuration).
 """
 
 from jaxmnist.config import Config
@@ -17,7 +17,7 @@ __all__ = ["MODELS", "RECIPES", "Config", "ConfigError", "DataError", "JaxMnistE
 
 def __getattr__(name: str):
     if name == "fit":
-        from jaxmnist.train import fit
+        from jaxmnist.loop import fit
 
         return fit
     raise AttributeError(f"module 'jaxmnist' has no attribute {name!r}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,9 +14,8 @@ from jaxmnist.cache import CACHE_ENV
 from jaxmnist.checkpoint import METRICS_FILE, RunDir, differences, resume_config
 from jaxmnist.config import OPTIMIZERS, SCHEDULES, Config
 from jaxmnist.data import DATA_DIR_ENV, DATASETS
-from jaxmnist.errors import ConfigError
+from jaxmnist.errors import ConfigError, JaxMnistError
 from jaxmnist.models import MODELS
-from jaxmnist.plot import require_matplotlib
 from jaxmnist.recipes import RECIPES
 from jaxmnist.tensorboard import require_tensorboardx
 
@@ -43,13 +44,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"jaxmnist: error: {message}. Run `{self.prog} --help` for every flag and its choices.\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="python -m jaxmnist.train",
-        description="Train a tiny MNIST model for its recipe's epochs and report test accuracy. "
-                    "--arch picks the model and its recipe; every other flag overrides one field of it. "
-                    f"Data: --data-dir or ${DATA_DIR_ENV}, else a tensorflow-datasets download.",
-    )
+def config_parser(prog: str, description: str) -> Parser:
+    """A parser with --recipe and one flag per `Config` field, each naming its value in every recipe."""
+    parser = Parser(prog=prog, description=description)
     parser.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                         help="start from this recipe instead of the one named like --arch")
     for field in dataclasses.fields(Config):
@@ -61,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, type=_TYPES[field.type], choices=_CHOICES.get(field.name), default=None,
                                 metavar=None if field.name in _CHOICES else field.name.upper(), help=help_text)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The training command's flags: the run's (`config_parser`), then where its results go."""
+    parser = config_parser(
+        "python -m jaxmnist.train",
+        "Train a tiny MNIST model for its recipe's epochs and report test accuracy. --arch picks the model and its "
+        "recipe; every other flag overrides one field of it. "
+        f"Data: --data-dir or ${DATA_DIR_ENV}, else a tensorflow-datasets download.")
     parser.add_argument("--json", metavar="PATH", help="also write the summary as one JSON object to PATH")
     parser.add_argument("--checkpoint-dir", metavar="DIR",
                         help="keep the run in DIR: its config, orbax checkpoints after every epoch (and when "
@@ -107,9 +114,11 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {name: None if value is _EXPLICIT_NONE else value for name, value in given.items() if value is not None}
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Config]:
-    """Parses `argv` into the namespace and the run's `Config` (recipe plus overrides)."""
-    args = build_parser().parse_args(argv)
+def parse(argv: Sequence[str] | None = None,
+          parser: argparse.ArgumentParser | None = None) -> tuple[argparse.Namespace, Config]:
+    """Parses `argv` with `parser` (default: the training command's) into the namespace and the run's
+    `Config` (recipe plus overrides)."""
+    args = (parser or build_parser()).parse_args(argv)
     recipe = RECIPES[args.recipe or args.arch or "gap"]
     return args, dataclasses.replace(recipe, **_overrides(args))
 
@@ -186,3 +195,26 @@ def run_config(args: argparse.Namespace, config: Config, run_dir: RunDir) -> tup
                           f"its own command (or --resume --checkpoint-dir {run_dir.path}), or give this run another "
                           "--checkpoint-dir.")
     return config, True
+
+
+def require_matplotlib(flag: str) -> None:
+    """ConfigError naming the fix when matplotlib is missing, before any work that `flag` would end in."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError(f"Invalid configuration: {flag} draws with matplotlib, which is not installed: "
+                          f"pip install 'jaxmnist[plot]' (or matplotlib), or leave {flag} out.")
+
+
+def check_output(flag: str, path: str | Path | None, outcome: str = "Nothing was evaluated.") -> None:
+    """`path` (when given) can be written; ConfigError naming the fix otherwise."""
+    if path is None:
+        return
+    check_writable(flag, Path(path), outcome=outcome)
+
+
+def run_cli(main, argv: Sequence[str] | None) -> int:
+    """Runs `main(argv)`, printing a JaxMnistError as one paragraph with exit status 2."""
+    try:
+        return main(argv)
+    except JaxMnistError as e:
+        print(f"jaxmnist: error: {e}", file=sys.stderr)
+        return 2

@@ -55,6 +55,8 @@ _SHA256 = {
         "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
+# Images in each dataset's train and test splits: what the checksums above pin, known before any download.
+SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}
 _SUBFOLDERS = {"mnist": ("mnist",), "fashion_mnist": ("fashion-mnist", "fashion_mnist")}
 _REPLACE = (f"Replace it with a fresh download, or point --data-dir (or {DATA_DIR_ENV}) at a folder with an "
             "intact copy.")

@@ -2,7 +2,7 @@
 
     python -m jaxmnist.evaluate --checkpoint-dir DIR [--step N] [--data-dir D] [--json PATH] [--png PATH]
 
-The test accuracy goes through `train.Evaluator` with the evaluation batch training used, so it is
+The test accuracy goes through `trainer.Evaluator` with the evaluation blocks training used, so it is
 the run's reported test accuracy to the last digit. `load_run` is the loading half, shared with
 `jaxmnist.predict`.
 """
@@ -18,12 +18,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmnist import cli, data, report, sharding
+from jaxmnist import cli, data, platforms, report, sharding
 from jaxmnist.checkpoint import RunDir, Saved, write_json
 from jaxmnist.config import Config
 from jaxmnist.errors import ConfigError, JaxMnistError
-from jaxmnist.plot import pyplot, require_matplotlib
-from jaxmnist.train import Evaluator, eval_batch_size, init_run
+from jaxmnist.plot import pyplot
+from jaxmnist.programs import init_run
+from jaxmnist.trainer import Evaluator
 
 MISTAKES_SHOWN = 10  # in the text; the picture shows `MISTAKES_DRAWN`
 MISTAKES_DRAWN = 24
@@ -43,10 +44,9 @@ class LoadedRun:
     def config(self) -> Config:
         return self.saved.config
 
-    def evaluator(self, batch: int, sizes: Sequence[int]):
-        """The compiled inference program for splits of `sizes` images in batches of `batch` (a
-        multiple of the mesh size)."""
-        return Evaluator(self.config, self.eval_graphdef, self.state, self.mesh, batch, sizes)
+    def evaluator(self, sizes: Sequence[int]) -> Evaluator:
+        """The compiled inference program for splits of `sizes` images."""
+        return Evaluator(self.config, self.eval_graphdef, self.state, self.mesh, sizes)
 
 
 def open_run_dir(path: str | Path, step: int | None = None) -> tuple[RunDir, Saved]:
@@ -80,8 +80,8 @@ def load_run(path: str | Path, devices: int | None = 1, step: int | None = None)
     """
     run_dir, saved = open_run_dir(path, step)
     try:
-        _, eval_graphdef, state, _ = init_run(saved.config, 1)
         mesh = sharding.make_mesh(devices)
+        _, eval_graphdef, state, _ = init_run(saved.config, 1, platforms.of(mesh))
         placement = sharding.replicated(mesh)
         # The checkpoint's tree is `Trainer.checkpoint_arrays`: the state and the epoch's running metrics.
         target = {"state": sharding.put(state, placement), "metrics": sharding.put(np.zeros(3, np.float32), placement)}
@@ -119,9 +119,10 @@ class Evaluation:
 
 def evaluate(run: LoadedRun, test: data.Split) -> Evaluation:
     """Runs the test split through the run's model, in the batches training evaluated it in."""
-    # The batch training evaluated in (its splits: test and validation): the same program, the same logits.
+    # The blocks and batches training evaluated in (its splits: test and validation): the same program,
+    # the same logits.
     sizes = [len(test), run.config.val_size] if run.config.val_size else [len(test)]
-    evaluator = run.evaluator(eval_batch_size(max(sizes), run.mesh.size), sizes)
+    evaluator = run.evaluator(sizes)
     logits_NK = evaluator.logits(run.state, evaluator.put(test))
     # `Evaluator.accuracy`'s own expression, on these logits rather than on a second pass over the split.
     accuracy = float(np.mean(logits_NK.argmax(-1) == test.labels_N))
@@ -208,13 +209,6 @@ def draw(path: str | Path, result: Evaluation, test: data.Split, names: Sequence
     plt.close(fig)
 
 
-def check_output(flag: str, path: str | Path | None, outcome: str = "Nothing was evaluated.") -> None:
-    """`path` (when given) can be written; ConfigError naming the fix otherwise."""
-    if path is None:
-        return
-    cli.check_writable(flag, Path(path), outcome=outcome)
-
-
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The options every command that reads a run folder shares."""
     parser = cli.Parser(prog=prog, description=description)
@@ -228,15 +222,6 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_cli(main, argv: Sequence[str] | None) -> int:
-    """Runs `main(argv)`, printing a JaxMnistError as one paragraph with exit status 2."""
-    try:
-        return main(argv)
-    except JaxMnistError as e:
-        print(f"jaxmnist: error: {e}", file=sys.stderr)
-        return 2
-
-
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser("python -m jaxmnist.evaluate", "Evaluate a run folder's newest checkpoint on the test "
                           "split: accuracy overall and per class, the confusion matrix, the surest mistakes.")
@@ -246,10 +231,10 @@ def _main(argv: Sequence[str] | None) -> int:
                         help="also draw the confusion matrix and the surest mistakes into a PNG (needs matplotlib)")
     args = parser.parse_args(argv)
     check_run(args.checkpoint_dir, args.step)
-    check_output("--json", args.json)
-    check_output("--png", args.png)
+    cli.check_output("--json", args.json)
+    cli.check_output("--png", args.png)
     if args.png:
-        require_matplotlib("--png")
+        cli.require_matplotlib("--png")
 
     run = load_run(args.checkpoint_dir, args.devices, args.step)
     config = run.config
@@ -267,7 +252,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m jaxmnist.evaluate`. Exit status: 0 done; 2 bad input."""
-    return run_cli(_main, argv)
+    return cli.run_cli(_main, argv)
 
 
 if __name__ == "__main__":

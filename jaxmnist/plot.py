@@ -8,20 +8,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from jaxmnist.checkpoint import METRICS_FILE, read_metrics
+from jaxmnist.cli import Parser, check_output, require_matplotlib, run_cli
 from jaxmnist.errors import ConfigError
-
-
-def require_matplotlib(flag: str) -> None:
-    """ConfigError naming the fix when matplotlib is missing, before any work that `flag` would end in."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError(f"Invalid configuration: {flag} draws with matplotlib, which is not installed: "
-                          f"pip install 'jaxmnist[plot]' (or matplotlib), or leave {flag} out.")
 
 
 def pyplot():
@@ -112,10 +105,6 @@ def _plain_log_formatter():
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    # Here, not at the top: jaxmnist.cli and jaxmnist.evaluate import this module.
-    from jaxmnist.cli import Parser
-    from jaxmnist.evaluate import check_output
-
     parser = Parser(prog="python -m jaxmnist.plot",
                      description="Draw a run's learning curves (loss, accuracy, learning rate) into a PNG.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -132,8 +121,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m jaxmnist.plot`. Exit status: 0 done; 2 bad input."""
-    from jaxmnist.evaluate import run_cli
-
     return run_cli(_main, argv)
 
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from jaxmnist import data
 from jaxmnist.checkpoint import write_json
+from jaxmnist.cli import check_output, run_cli
 from jaxmnist.errors import DataError
-from jaxmnist.evaluate import LoadedRun, build_parser, check_output, check_run, load_run, run_cli
+from jaxmnist.evaluate import LoadedRun, build_parser, check_run, load_run
 
 BOX = 20  # MNIST fits each digit's longer side to 20 pixels...
 SIZE = 28  # ...and centres its centre of mass in a 28x28 field
@@ -105,8 +106,7 @@ def _as_seen(image) -> list[np.ndarray]:
 
 def predict(run: LoadedRun, images_NHW: np.ndarray) -> np.ndarray:
     """Class probabilities (softmax of the logits) of uint8 images `images_NHW` under `run`'s model."""
-    n = run.mesh.size
-    evaluator = run.evaluator(-(-len(images_NHW) // n) * n, [len(images_NHW)])
+    evaluator = run.evaluator([len(images_NHW)])
     split = data.Split(images_NHW, np.zeros(len(images_NHW), np.int32))
     logits_NK = evaluator.logits(run.state, evaluator.put(split))
     return np.asarray(jax.nn.softmax(logits_NK, axis=-1))

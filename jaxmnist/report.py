@@ -50,9 +50,17 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def versions() -> dict[str, str]:
+def versions(*optional: str) -> dict[str, str]:
+    """The versions of Python and the libraries that make the numbers, and of the `optional`
+    distributions (e.g. libtpu) that are installed."""
+    found = {}
+    for name in optional:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     names = ("jax", "jaxlib", "flax", "optax", "numpy")
-    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
+    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}, **found}
 
 
 def summary(result: Result) -> dict:

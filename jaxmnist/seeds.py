@@ -2,7 +2,7 @@
 
 `fit_seeds(config, seeds)` computes what `fit(replace(config, seed=s))` computes for each seed
 (the same initial weights, dropout masks, train/validation split, image order and augmentation,
-up to float summation order): `train.Trainer` with `seeds` gives each run's state a leading seed
+up to float summation order): `trainer.Trainer` with `seeds` gives each run's state a leading seed
 axis and `jax.vmap`s its programs, the data shared, so one program step advances every run by one
 step. On an accelerator that fills a device the size of one tiny model leaves mostly idle; on two
 CPU cores the convolutions are already compute-bound and the gain is small or negative
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from jaxmnist import data
 from jaxmnist.config import Config
 from jaxmnist.results import EpochResult, Result
-from jaxmnist.train import Trainer
+from jaxmnist.trainer import Trainer
 
 
 def fit_seeds(config: Config, seeds: Sequence[int], dataset: data.Dataset | None = None) -> list[Result]:

@@ -10,6 +10,8 @@ host's devices and each host puts only its own devices' shards (`put`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -19,9 +21,10 @@ from jaxmnist.errors import ConfigError
 AXIS = "data"
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A ("data",) mesh over the first `num_devices` devices (all of them when None)."""
-    available = jax.devices()
+def make_mesh(num_devices: int | None = None, available: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data",) mesh over the first `num_devices` (all when None) of the `available` devices:
+    this process's by default, or those of a TPU or GPU target compiled for (`jaxmnist.targets`)."""
+    available = list(jax.devices() if available is None else available)
     n = len(available) if num_devices is None else num_devices
     if not 1 <= n <= len(available):
         raise ConfigError(f"Invalid configuration: {n} devices requested but {len(available)} "

@@ -5,7 +5,7 @@ Needs the `torch` extra (`pip install -e ".[torch]"`, CPU build). The classes ar
 write-ups wrote them, layer for layer, with the attribute names of jaxmnist's models, so that
 loading the same weights into both frameworks shows that the Flax models compute the same function
 (tests/test_torch_equivalence.py). `fit_torch` trains a recipe in PyTorch on the same split, in
-the same image order and with the same augmentation family as `jaxmnist.train.fit`
+the same image order and with the same augmentation family as `jaxmnist.fit`
 (benchmarks/compare.py).
 """
 
@@ -23,6 +23,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from jaxmnist import data
 from jaxmnist.config import Config
+from jaxmnist.programs import augmentation, epoch_order, epoch_steps, train_val_indices
 
 
 class TorchFC(nn.Module):
@@ -284,14 +285,12 @@ def fit_torch(config: Config, dataset: data.Dataset, *, threads: int, compiled: 
     (`compile_seconds`, see `_warm_up`), as jaxmnist's is, so that the epochs measure steady state.
 
     Same train/validation split (and `train_size` subset) and same per-epoch image order as
-    `jaxmnist.train.fit` for the same seed; the initial weights and dropout masks come from
+    `jaxmnist.fit` for the same seed; the initial weights and dropout masks come from
     PyTorch's own generator seeded with `config.seed`. Recipes without augmentation train on tensors
     normalised once up front; the others keep [0, 1] pixels, and each batch is augmented (`augment`,
     its own generator seeded from `config.seed`) and then normalised, inside the timed loop as in
     jaxmnist.
     """
-    from jaxmnist.train import augmentation, epoch_order, epoch_steps, train_val_indices
-
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     train_idx, val_idx = train_val_indices(config, len(dataset.train), config.seed)

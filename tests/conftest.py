@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from jaxmnist import data
+# The tests run on CPU. With the tpu extra installed (.ci/run installs it, to compile for TPUs),
+# JAX would otherwise try libtpu first and print pages of warnings about the missing TPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from jaxmnist import data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

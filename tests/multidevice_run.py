@@ -13,8 +13,9 @@ from flax import nnx
 
 from jaxmnist import data, sharding
 from jaxmnist.errors import ConfigError
+from jaxmnist.loop import fit
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import Trainer, fit
+from jaxmnist.trainer import Trainer
 
 STEPS, LR = 100, 0.005
 # A gradient 1% off: the smallest error a wrong cross-device average (1 device of 8 counted

@@ -1,10 +1,12 @@
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist.augment import Augmentation, rotate, warp
+from jaxmnist.augment import Augmentation, rotate, warp, warp_by_matmul
 
 RECIPE_LIKE = Augmentation(degrees=15.0, translate=0.1, scale=0.1, crop_p=0.5)
 
@@ -105,3 +107,24 @@ class AugmentJitVmapTest(chex.TestCase):
         batched = jax.jit(jax.vmap(RECIPE_LIKE.__call__))(keys, images)
         for i in range(3):
             chex.assert_trees_all_close(batched[i], RECIPE_LIKE(keys[i], images[i]), atol=1e-5)
+
+
+@pytest.mark.parametrize("augmentation", [
+    RECIPE_LIKE,
+    Augmentation(degrees=15.0, crop_p=0.1, crop_size=22),  # conv6's and under20k's recipes
+    Augmentation(degrees=15.0, translate=0.1, scale=0.1),  # res8k's
+    Augmentation(degrees=180.0, translate=0.4, scale=0.5, crop_p=0.5),  # far out of frame
+])
+def test_the_gather_free_form_draws_the_same_images(mnist, augmentation):
+    images = jnp.asarray(mnist.train.images_NHW[:256], jnp.float32) / 255.0
+    for seed in range(3):
+        gathered = augmentation(jax.random.key(seed), images)
+        multiplied = dataclasses.replace(augmentation, gather_free=True)(jax.random.key(seed), images)
+        np.testing.assert_allclose(multiplied, gathered, rtol=0, atol=1e-6)
+
+
+def test_the_gather_free_form_is_exact_on_whole_pixels_and_zero_fills(digits):
+    shifts = jnp.array([[0.0, 0.0], [5.0, -3.0], [-27.0, 0.0], [28.0, 0.0], [-30.0, 40.0]] * 3 + [[1.0, 1.0]])
+    inverse = jnp.broadcast_to(jnp.eye(2), (16, 2, 2))
+    np.testing.assert_array_equal(warp_by_matmul(digits, inverse, shifts), warp(digits, inverse, shifts))
+    np.testing.assert_array_equal(warp_by_matmul(digits, inverse, shifts)[3], np.zeros((28, 28)))  # wholly out

@@ -31,8 +31,8 @@ def test_params_exits_non_zero_when_a_count_is_off(monkeypatch, capsys):
     assert "gap: 24,048 parameters, its write-up documents 24049" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["accuracy", "augmentation", "checkpoints", "compare", "endtoend", "layer_costs",
-                                    "record", "scan_repro", "torch_plain"])
+@pytest.mark.parametrize("script", ["accelerators", "accuracy", "augmentation", "checkpoints", "compare", "endtoend",
+                                    "layer_costs", "record", "scan_repro", "torch_plain"])
 def test_benchmark_scripts_parse_their_arguments(script):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(["--help"])

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from jaxmnist.checkpoint import Position, RunDir, read_metrics
+from jaxmnist.programs import init_run
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import Trainer, init_run, main
+from jaxmnist.train import main
+from jaxmnist.trainer import Trainer
 
 # 2 epochs of 12,800 images: 200 steps (4 chunks) an epoch, long enough to be stopped in the middle.
 FLAGS = ["--arch", "gap", "--train-size", "12800", "--epochs", "2", "--no-progress"]

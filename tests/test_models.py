@@ -117,7 +117,7 @@ def test_batchnorm_running_statistics_move_with_pytorch_momentum():
 def test_initialisation_follows_pytorch_defaults(arch):
     """Weights and biases ~ U(±1/sqrt(fan_in)), BatchNorm scale 1 and offset 0."""
     model = make(arch)
-    for path, module in nnx.iter_modules(model):
+    for path, module in nnx.iter_graph(model):
         if isinstance(module, (nnx.Conv, nnx.Linear)):
             kernel = module.kernel[...]
             bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))

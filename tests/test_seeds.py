@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jaxmnist import data
+from jaxmnist.loop import fit
 from jaxmnist.recipes import RECIPES
 from jaxmnist.seeds import fit_seeds
-from jaxmnist.train import fit
 
 
 @pytest.mark.parametrize("arch, val_size", [("fc", 400), ("res8k", 0)])

@@ -11,9 +11,10 @@ import pytest
 
 from jaxmnist.checkpoint import read_metrics
 from jaxmnist.errors import Interrupted
+from jaxmnist.loop import fit
 from jaxmnist.recipes import RECIPES
 from jaxmnist.tensorboard import TAGS, TensorBoardLog
-from jaxmnist.train import fit, main
+from jaxmnist.train import main
 
 # fc trains on every image it is given (no validation split) in batches of 64: 10 steps an epoch on 640.
 TINY = ["--arch", "fc", "--train-size", "640", "--epochs", "2", "--no-progress"]

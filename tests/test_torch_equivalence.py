@@ -13,8 +13,8 @@ from jaxmnist import augment
 from jaxmnist.data import Dataset
 from jaxmnist.models import DOCUMENTED_PARAMS, build, count_params, has_dropout
 from jaxmnist.optim import make_optimizer, make_schedule, onecycle_momentum
+from jaxmnist.programs import loss_fn, normalize, to_unit
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import loss_fn, normalize, to_unit
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed: pip install -e '.[torch]'")
 from jaxmnist import torch_ref  # noqa: E402

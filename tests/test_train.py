@@ -12,22 +12,13 @@ from flax import nnx
 
 from jaxmnist import cli, data, report, sharding
 from jaxmnist.config import Config
+from jaxmnist.loop import fit
 from jaxmnist.models import DOCUMENTED_PARAMS, build
 from jaxmnist.optim import averaged_params, make_optimizer
+from jaxmnist.programs import epoch_order, epoch_steps, eval_state, init_run, logits_step, loss_fn, seed_streams
 from jaxmnist.recipes import RECIPES
-from jaxmnist.train import (
-    Evaluator,
-    Trainer,
-    epoch_order,
-    epoch_steps,
-    eval_state,
-    fit,
-    init_run,
-    logits_step,
-    loss_fn,
-    main,
-    seed_streams,
-)
+from jaxmnist.train import main
+from jaxmnist.trainer import Evaluator, Trainer
 
 JSON_KEYS = {"arch", "params", "seed", "epochs", "test_accuracy", "val_accuracy", "train_seconds",
              "compile_seconds", "images_per_second", "device", "jax_version"}
@@ -187,11 +178,11 @@ def test_the_compiled_initialisation_builds_what_building_op_by_op_does():
 def test_one_evaluation_program_serves_every_split_size(mnist):
     config = RECIPES["gap"]
     _, eval_graphdef, state, _ = init_run(config, steps_per_epoch=10)
-    evaluator = Evaluator(config, eval_graphdef, state, sharding.make_mesh(1), 50, [230, 100])
-    assert evaluator.block == 50  # 230 -> 5 batches of 50, 100 -> 2: blocks of gcd(5, 2) = 1 batch
-    test = mnist.test.take(np.arange(230))
+    evaluator = Evaluator(config, eval_graphdef, state, sharding.make_mesh(1), [530, 400])
+    assert evaluator.block == 200  # 530 -> 6 batches of 100, 400 -> 4: blocks of gcd(6, 4) = 2 batches
+    test = mnist.test.take(np.arange(530))
     split = evaluator.put(test)
-    assert len(split.blocks) == 5 and split.n == 230
+    assert len(split.blocks) == 3 and split.n == 530
     whole = logits_step(eval_graphdef, state, test.images_NHW, mean=config.mean, std=config.std,
                         split=sharding.batch_split(sharding.make_mesh(1)))
     np.testing.assert_allclose(evaluator.logits(state, split), whole, rtol=1e-5, atol=1e-5)
