@@ -53,9 +53,11 @@ class Cost:
 
 def cost(name: str, unit: str, calls: int, lowered: jax.stages.Lowered, target: targets.Target) -> Cost:
     """Compiles `lowered` and reads XLA's analyses of it."""
+    print(f"jaxmnist: compiling the {name} for {target.name}...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
+    print(f" {compile_seconds:.1f} s", file=sys.stderr, flush=True)
     analysis = _first(compiled.cost_analysis()) or _unoptimised_cost(lowered)
     flops, bytes_ = analysis.get("flops"), analysis.get("bytes accessed")
     seconds = None
@@ -145,8 +147,8 @@ def format_report(r: dict) -> str:
     if r["epoch_seconds"] is None:
         epoch = "no estimate" + ("" if r["estimate"] is None else " (the cost model gave none for a program)")
     else:
-        epoch = (f"{r['epoch_seconds']:.3f} s training ({r['steps_per_epoch']:,} steps) + "
-                 f"{r['eval_seconds']:.3f} s evaluation")
+        epoch = (f"{r['epoch_seconds']:.3g} s training ({r['steps_per_epoch']:,} steps) + "
+                 f"{r['eval_seconds']:.3g} s evaluation")
     memory = max(p["memory_bytes"] for p in r["programs"])
     return "\n".join([
         f"{r['arch']} ({r['params']:,} parameters) compiled for {r['target']}: {r['device']}, {r['devices']} "

@@ -1,9 +1,9 @@
 """The compiled programs: pure functions of a Config, lowered for a mesh.
 
 The training chunk (`train_steps`, a compiled loop of steps), the step that takes an epoch's
-smaller last batch, and the evaluation of a block of images are built here from a Config and a
-`Layout` (the mesh, and the sizes of the arrays the programs take) and lowered from abstract
-arrays: the same code lowers for this process's devices, which `jaxmnist.trainer` then runs, and
+smaller last batch, and the evaluation of a block of images are built here from a Config, a mesh
+and the sizes of the arrays they take, and lowered from abstract arrays (`jax.ShapeDtypeStruct`s
+with their shardings): the same code lowers for this process's devices, which `jaxmnist.trainer` runs, and
 for a TPU topology or a GPU that is not here, which `jaxmnist.compile` compiles and costs. The
 forms that depend on the mesh's platform come from `jaxmnist.platforms`.
 

@@ -34,7 +34,7 @@ class Target:
         devices: how many (None: this machine's, as many as are visible).
         description: the hardware, and where a user finds it.
         memory_bytes: each device's memory (None: this machine's, read when asked).
-        topology: a TPU's topology name and its chips per host (libtpu's terms).
+        topology: a TPU's topology name, its chips per host and its accelerator type (libtpu's terms).
         target_config: a GPU's GpuTargetConfig file in jaxmnist/gpu_targets/.
         peak_flops: a GPU's published float32 peak (FLOP/s), for a roofline estimate.
         peak_bandwidth: a GPU's published memory bandwidth (bytes/s), for the same.
@@ -45,7 +45,7 @@ class Target:
     devices: int | None
     description: str
     memory_bytes: int | None = None
-    topology: tuple[str, tuple[int, int, int]] | None = None
+    topology: tuple[str, tuple[int, int, int], str] | None = None
     target_config: str | None = None
     peak_flops: float | None = None
     peak_bandwidth: float | None = None
@@ -55,9 +55,9 @@ class Target:
 TARGETS = {t.name: t for t in (
     Target("cpu", "cpu", None, "this machine's CPU (its devices, as training would use them)"),
     Target("tpu-v5e-1", "tpu", 1, "Google TPU v5e, 1 chip (v5litepod-1; Colab's TPU runtime)", 16 * GiB,
-           topology=("v5e:1x1", (1, 1, 1))),
+           topology=("v5e:1x1", (1, 1, 1), "v5litepod-1")),
     Target("tpu-v5e-8", "tpu", 8, "Google TPU v5e, 8 chips on one host (v5litepod-8; Kaggle's TPU VM v5e-8)", 16 * GiB,
-           topology=("v5e:2x4", (2, 2, 1))),
+           topology=("v5e:2x4", (2, 2, 1), "v5litepod-8")),
     # Published figures (NVIDIA's data sheets): float32 without tensor cores, and memory bandwidth.
     Target("gpu-t4", "gpu", 1, "NVIDIA T4, 16 GB (Colab's and Kaggle's free GPU)", 16 * 10**9,
            target_config="t4.txtpb", peak_flops=8.1e12, peak_bandwidth=320e9),
@@ -66,7 +66,8 @@ TARGETS = {t.name: t for t in (
 )}
 
 # libtpu reads these when it loads: a machine without TPUs has no metadata server to ask, no TPU
-# worker hostnames, and may hold another libtpu process's lock.
+# worker hostnames and no accelerator type of its own (libtpu warns of each), and may hold another
+# libtpu process's lock.
 _COMPILE_ONLY_TPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
                          "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
@@ -105,7 +106,8 @@ def mesh(target: Target, num_devices: int | None = None) -> Mesh:
         if target.platform == "tpu":
             for name, value in _COMPILE_ONLY_TPU_ENV.items():
                 os.environ.setdefault(name, value)
-            name, chips_per_host = target.topology
+            name, chips_per_host, accelerator_type = target.topology
+            os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
             topology = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name="default",
                                                     chips_per_host_bounds=chips_per_host, num_slices=1)
         else:

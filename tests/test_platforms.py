@@ -16,7 +16,7 @@ def conv_functions(graphdef, state) -> set:
     return {node.conv_general_dilated for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)}
 
 
-@pytest.mark.parametrize("arch", ["gap", "conv6", "res8k"])
+@pytest.mark.parametrize("arch", ["gap", "conv6"])  # one input channel first; batch slices
 def test_plain_convolutions_off_cpu_compute_the_same_loss_and_gradients(mnist, arch):
     config = RECIPES[arch]
     cpu_graphdef, _, cpu_state, _ = init_run(config, 10, platforms.CPU)
