@@ -82,7 +82,8 @@ def check_plugin(target: Target) -> None:
     module = {"cpu": None, "tpu": "libtpu", "gpu": "jax_plugins.xla_cuda12"}[target.platform]
     if module is None or _installed(module):
         return
-    raise ConfigError(f"Invalid configuration: --target {target.name} compiles with {module}, which is not "
+    compiler = {"tpu": "libtpu", "gpu": f"JAX's CUDA plugin ({module})"}[target.platform]
+    raise ConfigError(f"Invalid configuration: --target {target.name} compiles with {compiler}, which is not "
                       f"installed: {install_hint(target)} (the compiler of this jax version; no TPU or GPU is "
                       "needed to compile for one), then run this again.")
 
