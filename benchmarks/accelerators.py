@@ -64,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             meshes[name] = targets.mesh(targets.TARGETS[name])
         except ConfigError as e:
             print(f"left out: {e}", file=sys.stderr)
-    compilers = {k: v for k, v in report.versions("libtpu", "jax-cuda12-plugin").items() if k not in report.versions()}
-    found = ", ".join(f"{k} {v}" for k, v in compilers.items())
     print(report.benchmark_header("Compiled for TPU and GPU: XLA's estimates, not measurements",
-                                  f" (compiling for {', '.join(meshes)}; {found})"))
+                                  f" (compiling for {', '.join(meshes)})", optional=targets.COMPILERS))
 
     rows, reports = [], []
     for name, mesh in meshes.items():
@@ -76,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             config = RECIPES[recipe]
             if config.batch_size % mesh.size:
                 continue  # e.g. gap's batch 64 leaves 8 images a chip on a v5e-8: that is gap-b512's case
-            r = compile_run(config, target, mesh)
-            r["recipe"] = recipe
+            r = compile_run(config, recipe, target, mesh)
             reports.append(r)
             print(f"{name} {recipe}: {ms(r['step_seconds'])} ms a step, compiled in {r['compile_seconds']:.0f} s",
                   file=sys.stderr, flush=True)
@@ -98,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             if RECIPES[recipe].batch_size % mesh.size:
                 continue
             chosen = next(r for r in reports if r["target"] == tpu and r["recipe"] == recipe)
-            cpu_forms = compile_run(RECIPES[recipe], target, mesh, forms=platforms.CPU)
-            cpu_forms["recipe"] = recipe
+            cpu_forms = compile_run(RECIPES[recipe], recipe, target, mesh, forms=platforms.CPU)
             reports.append(cpu_forms)
             rows.append([recipe, ms(cpu_forms["step_seconds"]), ms(chosen["step_seconds"]),
                          ms(eval_block_seconds(cpu_forms)), ms(eval_block_seconds(chosen))])
@@ -116,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             if not any(getattr(config, k) for k in NO_AUGMENTATION):
                 continue
             with_it = next(r for r in reports if r["target"] == tpu and r["recipe"] == recipe and r["forms"] != "cpu")
-            without = compile_run(dataclasses.replace(config, **NO_AUGMENTATION), target, mesh)
-            without["recipe"] = f"{recipe} without augmentation"
+            without = compile_run(dataclasses.replace(config, **NO_AUGMENTATION), f"{recipe} without augmentation",
+                                  target, mesh)
             reports.append(without)
             share = (with_it["step_seconds"] - without["step_seconds"]) / without["step_seconds"]
             rows.append([recipe, ms(with_it["step_seconds"]), ms(without["step_seconds"]), f"{share:.1%}"])

@@ -50,7 +50,7 @@ def warp_by_matmul(images_BHW: jax.Array, inverse_B22: jax.Array, translation_B2
     weight relu(1 - |s_r - i|) * relu(1 - |s_c - j|), which is zero for every pixel outside the
     image, the zero fill. So each image is a (HW x H) row-weight matrix times the image, then a
     sum along its rows weighted by the column weights: work for a TPU's matrix unit. XLA's TPU v5e
-    cost model put it at 1-5% of res8k's and conv6's step, where `warp` cost 3-20x the step. The
+    cost model put it at 1-5% of res8k's and conv6's step, where `warp` cost 7-40x the rest of it. The
     product runs at full float32 precision (a TPU's default rounds its inputs to bfloat16), and the
     source coordinates are multiply-adds rather than `warp`'s small matrix product for the same reason.
     """

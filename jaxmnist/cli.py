@@ -17,7 +17,6 @@ from jaxmnist.data import DATA_DIR_ENV, DATASETS
 from jaxmnist.errors import ConfigError, JaxMnistError
 from jaxmnist.models import MODELS
 from jaxmnist.recipes import RECIPES
-from jaxmnist.tensorboard import require_tensorboardx
 
 _NONE = "none"  # spelling of None on the command line, for fields such as --clip-norm
 # argparse's None means "flag not given"; an explicit "none" parses to this marker instead.
@@ -140,7 +139,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.plot:
         require_matplotlib("--plot")
     if args.tensorboard:
-        require_tensorboardx("--tensorboard")
+        require_extra("--tensorboard", "writes TensorBoard event files", "tensorboardX", "tensorboard")
     for flag, folder in {"--checkpoint-dir": args.checkpoint_dir, "--tensorboard": args.tensorboard}.items():
         if folder:
             check_writable(flag, Path(folder), folder=True)
@@ -197,11 +196,16 @@ def run_config(args: argparse.Namespace, config: Config, run_dir: RunDir) -> tup
     return config, True
 
 
+def require_extra(flag: str, does: str, module: str, extra: str) -> None:
+    """ConfigError naming the fix when `module` (of jaxmnist's `extra`) is missing, before any work
+    that `flag`, which `does` something with it, would end in."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"Invalid configuration: {flag} {does} with {module}, which is not installed: "
+                          f"pip install 'jaxmnist[{extra}]' (or {module}), or leave {flag} out.")
+
+
 def require_matplotlib(flag: str) -> None:
-    """ConfigError naming the fix when matplotlib is missing, before any work that `flag` would end in."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError(f"Invalid configuration: {flag} draws with matplotlib, which is not installed: "
-                          f"pip install 'jaxmnist[plot]' (or matplotlib), or leave {flag} out.")
+    require_extra(flag, "draws", "matplotlib", "plot")
 
 
 def check_output(flag: str, path: str | Path | None, outcome: str = "Nothing was evaluated.") -> None:

@@ -58,7 +58,7 @@ def cost(name: str, unit: str, calls: int, lowered: jax.stages.Lowered, target: 
     compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
     print(f" {compile_seconds:.1f} s", file=sys.stderr, flush=True)
-    analysis = _first(compiled.cost_analysis()) or _unoptimised_cost(lowered)
+    analysis = compiled.cost_analysis() or _unoptimised_cost(lowered)
     flops, bytes_ = analysis.get("flops"), analysis.get("bytes accessed")
     seconds = None
     if target.platform == "tpu":
@@ -82,15 +82,12 @@ def _unoptimised_cost(lowered: jax.stages.Lowered) -> dict:
     return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
 
 
-def _first(analysis):
-    """jax returns one dict, or (older versions) a list of one dict per computation, or None."""
-    return analysis[0] if isinstance(analysis, list) and analysis else analysis
-
-
-def compile_run(config: Config, target: targets.Target, mesh: jax.sharding.Mesh, forms: str | None = None) -> dict:
-    """Compiles `config`'s training chunk, last-batch step and evaluation for `mesh` (on `target`)
-    and returns everything `main` prints, as one JSON-ready dict. `forms`: the platform whose
-    program forms to compile (by default the mesh's: what training there runs)."""
+def compile_run(config: Config, recipe: str, target: targets.Target, mesh: jax.sharding.Mesh,
+                forms: str | None = None) -> dict:
+    """Compiles `config` (named `recipe` in the report)'s training chunk, last-batch step and
+    evaluation for `mesh` (on `target`) and returns everything `main` prints, as one JSON-ready
+    dict. `forms`: the platform whose program forms to compile (by default the mesh's: what
+    training there runs)."""
     pool, test = data.SIZES[config.dataset]
     train_idx, val_idx = programs.train_val_indices(config, pool, config.seed)
     n_train, b = len(train_idx), config.batch_size
@@ -113,7 +110,7 @@ def compile_run(config: Config, target: targets.Target, mesh: jax.sharding.Mesh,
         "target": target.name,
         "device": target.description,
         "devices": mesh.size,
-        "recipe": None,
+        "recipe": recipe,
         "arch": config.arch,
         "params": params,
         "steps_per_epoch": steps,
@@ -128,7 +125,7 @@ def compile_run(config: Config, target: targets.Target, mesh: jax.sharding.Mesh,
         "device_memory_bytes": target.memory_bytes or _host_memory(),
         "compile_seconds": sum(c.compile_seconds for c in costs),
         "programs": [dataclasses.asdict(c) for c in costs],
-        "versions": report.versions("libtpu", "jax-cuda12-plugin"),
+        "versions": report.versions(*targets.COMPILERS),
         "config": dataclasses.asdict(config),
     }
 
@@ -191,8 +188,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if config.devices is not None and target.devices is not None and config.devices > target.devices:
         raise ConfigError(f"Invalid configuration: --devices {config.devices} but {target.name} has "
                           f"{target.devices}: leave --devices out to use them all, or choose a larger target.")
-    result = compile_run(config, target, targets.mesh(target, config.devices))
-    result["recipe"] = args.recipe or args.arch or "gap"
+    result = compile_run(config, args.recipe or args.arch or "gap", target, targets.mesh(target, config.devices))
     print(format_report(result))
     if args.json:
         write_json(args.json, result)

@@ -117,11 +117,12 @@ def format_epochs(per_epoch: list[dict]) -> str:
     return markdown_table(["epoch", "train loss", "train acc", "val acc", "test acc", "train s"], rows)
 
 
-def benchmark_header(title: str, device_note: str = "") -> str:
-    """The lines every benchmark prints first: what ran, on what, with which versions."""
+def benchmark_header(title: str, device_note: str = "", optional: tuple[str, ...] = ()) -> str:
+    """The lines every benchmark prints first: what ran, on what, with which versions (the
+    `optional` distributions' too, where installed)."""
     command = shlex.join(["python", *sys.argv])
     return (f"# {title}\n\ncommand: `{command}`  \ndevice: {device_description()}{device_note}  \n"
-            "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "\n")
+            "versions: " + ", ".join(f"{k} {v}" for k, v in versions(*optional).items()) + "\n")
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> str:

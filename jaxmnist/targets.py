@@ -22,6 +22,7 @@ from jaxmnist import sharding
 from jaxmnist.errors import ConfigError
 
 GiB = 2**30
+COMPILERS = ("libtpu", "jax-cuda12-plugin")  # the distributions that compile for a TPU, a GPU
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,10 +8,7 @@ tensorboardX writes the event files without TensorFlow, which jaxmnist never imp
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-from jaxmnist.errors import ConfigError
 
 # The metrics log's keys and their TensorBoard tags; the rest (epoch, step, seconds) say where and
 # when, which TensorBoard keeps on every point anyway.
@@ -28,20 +25,14 @@ TAGS = {
 FLUSH_SECONDS = 10
 
 
-def require_tensorboardx(flag: str) -> None:
-    """ConfigError naming the fix when tensorboardX is missing, before any work that `flag` would end in."""
-    if importlib.util.find_spec("tensorboardX") is None:
-        raise ConfigError(f"Invalid configuration: {flag} writes TensorBoard event files with tensorboardX, which is "
-                          f"not installed: pip install 'jaxmnist[tensorboard]' (or tensorboardX), or leave {flag} out.")
-
-
 class TensorBoardLog:
     """Event files in `folder` (created if missing) holding each metrics-log record's scalars at its
     global `step`. A resumed run adds an event file beside the earlier ones that hides their points
     after its checkpoint, as the metrics log drops its lines after it: TensorBoard shows one history."""
 
     def __init__(self, folder: str | Path, resumed_at: int | None = None):
-        # Imported here: jaxmnist.cli imports this module to check for tensorboardX before training.
+        # Imported here: the extra is optional, and every run imports this module (`jaxmnist.loop`);
+        # `python -m jaxmnist.train --tensorboard` checks for it before any work (`cli.require_extra`).
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(Path(folder).expanduser()), flush_secs=FLUSH_SECONDS,
